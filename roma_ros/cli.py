@@ -1,0 +1,147 @@
+"""`roma-match QUERY CANDIDATE`: RoMa's two-image demo as a command-line tool."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from roma_ros.matching.base import MODEL_NAMES, MatcherConfig, WeightsError, build_matcher
+
+RANSAC_CHOICES = ("usac_magsac", "ransac", "lmeds")
+
+
+def parse_thresholds(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("thresholds must be positive numbers, e.g. 0.2,0.1,0.05")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="roma-match",
+        description="Dense matching of two images with RoMa, verified by a fundamental matrix.",
+    )
+    p.add_argument("query", help="query image file")
+    p.add_argument("candidate", help="candidate (keyframe) image file")
+    p.add_argument("--model", choices=MODEL_NAMES, default="roma_outdoor")
+    p.add_argument("--weights", default="", help="RoMa / Tiny RoMa checkpoint (default: torch hub cache, then download)")
+    p.add_argument("--dinov2-weights", default="", help="DINOv2 ViT-L/14 checkpoint (same default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--coarse-res", type=int, default=560, help="multiple of 14 (Tiny RoMa: longer side)")
+    p.add_argument("--upsample-res", type=int, default=864, help="multiple of 8; 0 = off")
+    p.add_argument("--one-way", action="store_true", help="non-symmetric matching (faster)")
+    p.add_argument("--num-samples", type=int, default=10000)
+    p.add_argument("--sampler", choices=("grid", "romatch"), default="grid",
+                   help="grid: fast balanced sampler; romatch: romatch's KDE sampler (slow on CPU)")
+    p.add_argument("--resize-to-model", action="store_true",
+                   help="report pixels of the images resized to the model's output resolution (RoMa demo)")
+    p.add_argument("--ransac", choices=RANSAC_CHOICES, default="usac_magsac")
+    p.add_argument("--threshold", type=float, default=0.2, help="RANSAC threshold in pixels")
+    p.add_argument("--confidence", type=float, default=0.999999)
+    p.add_argument("--max-iters", type=int, default=10000)
+    p.add_argument("--max-lines", type=int, default=50, help="inlier lines to draw (-1: all)")
+    p.add_argument("-o", "--output", help="write the debug picture (PNG) here")
+    p.add_argument("--json", help="write matches, inliers and timings as JSON here")
+    p.add_argument("--thresholds", type=parse_thresholds,
+                   help="comma-separated RANSAC thresholds for an inlier-count table, e.g. 0.2,0.1,0.05,0.01")
+    p.add_argument("--plot", help="with --thresholds: write a chart of inliers against threshold")
+    p.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from roma_ros.geometry import inlier_counts_for_thresholds, verify_fundamental
+    from roma_ros.imageio import load_rgb, save_json, save_rgb
+    from roma_ros.visualize import draw_matches, plot_inliers_vs_threshold
+
+    timings: dict[str, float] = {}
+
+    def stage(name: str, start: float) -> None:
+        timings[name] = round(time.perf_counter() - start, 4)
+
+    t = time.perf_counter()
+    query, candidate = load_rgb(args.query), load_rgb(args.candidate)
+    stage("load_images", t)
+    config = MatcherConfig(
+        model=args.model, weights=args.weights, dinov2_weights=args.dinov2_weights, device=args.device,
+        coarse_res=args.coarse_res, upsample_res=args.upsample_res, symmetric=not args.one_way,
+        num_samples=args.num_samples, sampler=args.sampler, resize_to_model=args.resize_to_model,
+        random_weights=args.random_weights,
+    )
+    t = time.perf_counter()
+    matcher = build_matcher(config)
+    stage("build_model", t)
+    t = time.perf_counter()
+    matches = matcher.match(query, candidate)
+    stage("match", t)
+    ransac = dict(method=args.ransac, confidence=args.confidence, max_iters=args.max_iters)
+    t = time.perf_counter()
+    result = verify_fundamental(matches.kpts_query, matches.kpts_candidate, threshold=args.threshold, **ransac)
+    stage("verify", t)
+
+    print(f"model {matcher.name} on {matcher.device}: {len(matches)} matches, "
+          f"{result.num_inliers} inliers at {args.threshold} px ({args.ransac})")
+    if not result.verified:
+        print(f"not verified: {result.reason}")
+    if args.thresholds:
+        counts = inlier_counts_for_thresholds(matches.kpts_query, matches.kpts_candidate, args.thresholds, **ransac)
+        print("threshold_px  inliers")
+        for thr, count in zip(args.thresholds, counts):
+            print(f"{thr:>12g}  {count:>7d}")
+        if args.plot:
+            plot_inliers_vs_threshold(args.thresholds, counts, args.plot)
+            print(f"plot written to {args.plot}")
+    if args.output:
+        t = time.perf_counter()
+        if args.resize_to_model:
+            import cv2
+            h, w = matcher.output_hw(query.shape[:2])
+            query, candidate = (cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in (query, candidate))
+        order = np.argsort(-matches.certainty, kind="stable")
+        text = (f"{matcher.name} | {len(matches)} matches | {result.num_inliers} inliers "
+                f"@ {args.threshold} px | match {timings['match']:.2f} s")
+        picture = draw_matches(query, candidate, matches.kpts_query, matches.kpts_candidate,
+                               result.inlier_mask, max_lines=args.max_lines, text=text, line_order=order)
+        save_rgb(args.output, picture)
+        stage("draw", t)
+        print(f"debug picture written to {args.output}")
+    print("timings [s]: " + ", ".join(f"{k} {v:.3f}" for k, v in timings.items()))
+    if args.json:
+        save_json(args.json, {
+            "model": matcher.name,
+            "query": str(args.query),
+            "candidate": str(args.candidate),
+            "image_sizes": {"query": list(query.shape[:2]), "candidate": list(candidate.shape[:2])},
+            "num_matches": len(matches),
+            "inliers": result.num_inliers,
+            "verified": result.verified,
+            "reason": result.reason,
+            "F": None if result.F is None else np.asarray(result.F).tolist(),
+            "matches": np.column_stack([matches.kpts_query, matches.kpts_candidate, matches.certainty]).tolist(),
+            "inlier_mask": [bool(v) for v in result.inlier_mask],
+            "timings": timings,
+        })
+        print(f"json written to {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from roma_ros.imageio import ImageFileError
+
+    try:
+        return run(args)
+    except (ImageFileError, WeightsError, ValueError) as exc:
+        print(f"roma-match: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Reading and writing image files with clear errors and atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+class ImageFileError(ValueError):
+    """An image file is missing, unreadable or empty."""
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3); 16-bit and grayscale files are converted."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFileError(f"image file '{path}' does not exist")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageFileError(f"image file '{path}' is not a readable image (corrupt, or not JPEG/PNG/...)")
+    return to_rgb8(image, source=str(path))
+
+
+def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
+    """OpenCV-ordered (BGR/BGRA/gray, 8 or 16 bit) array -> RGB uint8."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageFileError(f"{source}: unsupported pixel type {image.dtype}; use 8 or 16-bit images")
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same folder and rename it, so readers and crashes
+    never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_rgb(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Save an RGB uint8 image atomically; the format follows the suffix (.png, .jpg)."""
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageFileError(f"could not encode image for '{path}' (suffix '{path.suffix}')")
+    _atomic_write(path, lambda f: f.write(encoded.tobytes()))
+    return path
+
+
+def save_json(path: str | os.PathLike, data: Any) -> Path:
+    path = Path(path)
+    text = json.dumps(data, indent=1)
+    _atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
+def save_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    _atomic_write(path, lambda f: f.write(data))
+    return path

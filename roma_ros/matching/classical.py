@@ -1,0 +1,90 @@
+"""OpenCV SIFT matcher: the offline baseline that needs no weights and no torch.
+
+It gives the pipeline, CLI and tests a real matcher to run anywhere, and a
+reference to show how much RoMa gains under large viewpoint change.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from roma_ros.matching.base import Matches
+
+# knnMatch with k=2 needs at least two descriptors on each side.
+MIN_FEATURES = 2
+
+
+def check_rgb_image(image: np.ndarray, what: str) -> None:
+    """Raise ValueError unless ``image`` is a non-empty (H, W, 3) uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{what} must have shape (H, W, 3) (RGB), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{what} is empty: shape {image.shape}")
+
+
+class ClassicalMatcher:
+    """SIFT + Lowe ratio test + mutual nearest-neighbour check."""
+
+    name = "classical"
+    device = "cpu"
+
+    def __init__(self, num_features: int = 4000, ratio: float = 0.8) -> None:
+        if int(num_features) != num_features or num_features <= 0:
+            raise ValueError(f"num_features={num_features} must be a positive integer")
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"ratio={ratio} must lie in (0, 1]")
+        self.num_features = int(num_features)
+        self.ratio = float(ratio)
+        self._sift = cv2.SIFT_create(nfeatures=self.num_features)
+        self._matcher = cv2.BFMatcher(cv2.NORM_L2)
+
+    def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Keypoint coordinates (N, 2) in the Matches convention and their descriptors."""
+        gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        keypoints, descriptors = self._sift.detectAndCompute(gray, None)
+        # OpenCV puts pixel centres at integers; Matches puts them at +0.5.
+        pts = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2) + 0.5
+        return pts, descriptors
+
+    def match(self, query_rgb: np.ndarray, candidate_rgb: np.ndarray) -> Matches:
+        """Match two RGB uint8 images; certainty is 1 - d1/d2 of the ratio test, best first.
+
+        Each (query point, candidate point) pair appears once.
+        """
+        check_rgb_image(query_rgb, "query image")
+        check_rgb_image(candidate_rgb, "candidate image")
+        pts_q, desc_q = self._detect(query_rgb)
+        pts_c, desc_c = self._detect(candidate_rgb)
+        if desc_q is None or desc_c is None or len(pts_q) < MIN_FEATURES or len(pts_c) < MIN_FEATURES:
+            return Matches.empty()
+
+        forward = self._matcher.knnMatch(desc_q, desc_c, k=2)
+        backward = self._matcher.match(desc_c, desc_q)
+        best_back = np.full(len(pts_c), -1, dtype=np.int64)
+        for m in backward:
+            best_back[m.queryIdx] = m.trainIdx
+
+        idx_q, idx_c, certainty = [], [], []
+        for pair in forward:
+            if len(pair) < 2:
+                continue
+            best, second = pair
+            if best.distance >= self.ratio * second.distance or best_back[best.trainIdx] != best.queryIdx:
+                continue
+            idx_q.append(best.queryIdx)
+            idx_c.append(best.trainIdx)
+            certainty.append(1.0 - best.distance / second.distance if second.distance > 0 else 1.0)
+        if not idx_q:
+            return Matches.empty()
+        cert = np.clip(np.asarray(certainty, dtype=np.float32), 0.0, 1.0)
+        order = np.argsort(-cert, kind="stable")
+        kq, kc, cert = pts_q[idx_q][order], pts_c[idx_c][order], cert[order]
+        # SIFT repeats a location once per dominant orientation; such twins would match
+        # each other and count twice as inliers, so keep only the most certain copy.
+        _, first = np.unique(np.concatenate([kq, kc], axis=1), axis=0, return_index=True)
+        keep = np.sort(first)
+        return Matches(kq[keep], kc[keep], cert[keep])

@@ -1,0 +1,258 @@
+"""RoMa (romatch's RegressionMatcher) split into encode and decode.
+
+romatch's ``match()`` encodes BOTH images (DINOv2 ViT-L + VGG19) for every pair.
+For relocalization the query is compared with many keyframes, so we encode each
+image once (``encode``) and decode the query against any number of candidates in
+one batch (``decode``). The arithmetic is romatch's own modules called in the same
+order as ``RegressionMatcher.match``; test/test_roma.py checks that both agree.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from romatch.models.matcher import RegressionMatcher
+from romatch.models.model_zoo.roma_models import roma_model
+from romatch.models.transformer import vit_large
+from romatch.utils import get_tuple_transform_ops
+
+from roma_ros.matching.base import Matches, MatcherConfig
+from roma_ros.matching.device import amp_dtype, configure_backend, resolve_device
+from roma_ros.matching.sampling import normalized_to_pixels, sample_balanced
+from roma_ros.matching.weights import load_checkpoints
+
+# romatch's scale factors divide by the resolution RoMa was trained at.
+TRAIN_RES = 560
+VIT_KWARGS = dict(img_size=518, patch_size=14, init_values=1.0, ffn_layer="mlp", block_chunks=0)
+
+
+@dataclass
+class EncodedImage:
+    """One image prepared for decoding against others.
+
+    ``coarse`` is the feature pyramid at the coarse resolution (scales 1..8 from VGG,
+    16 from DINOv2); ``fine`` the VGG pyramid at the upsample resolution (None when
+    upsampling is off). ``dino`` alone is what caches keep; the VGG parts are cheap
+    to recompute from ``image_coarse`` / ``image_fine``.
+    """
+
+    size: tuple[int, int]  # original (height, width)
+    image_coarse: torch.Tensor  # (1, 3, h, w) ImageNet-normalized
+    image_fine: torch.Tensor | None
+    coarse: dict[int, torch.Tensor]
+    fine: dict[int, torch.Tensor] | None
+
+    @property
+    def dino(self) -> torch.Tensor:
+        return self.coarse[16]
+
+
+@dataclass
+class DenseWarp:
+    """romatch's output for one pair: warp (H, W or 2W, 4) and certainty (H, W or 2W)."""
+
+    warp: torch.Tensor
+    certainty: torch.Tensor
+
+
+def build_random_roma(config: MatcherConfig, device: str, **kwargs) -> RegressionMatcher:
+    """RoMa's architecture with random weights, for tests and benchmarks only.
+
+    romatch insists on loading a state dict; we skip that one call while building.
+    """
+    torch.manual_seed(0)
+    dino_sd = vit_large(**VIT_KWARGS).state_dict()
+    with mock.patch.object(RegressionMatcher, "load_state_dict", lambda *a, **k: None):
+        return roma_model(weights=None, dinov2_weights=dino_sd, device=device, **kwargs)
+
+
+def build_roma(config: MatcherConfig, device: str) -> RegressionMatcher:
+    """Build romatch's RegressionMatcher for ``config`` on ``device``."""
+    kwargs = dict(
+        resolution=config.coarse_res,
+        upsample_preds=config.upsample_res > 0,
+        upsample_res=config.upsample_res or None,
+        amp_dtype=amp_dtype(device),
+        symmetric=config.symmetric,
+        # The fused CUDA kernel is optional; without it romatch fails on the first match.
+        use_custom_corr=device.startswith("cuda") and importlib.util.find_spec("local_corr") is not None,
+    )
+    if config.random_weights:
+        model = build_random_roma(config, device, **kwargs)
+    else:
+        weights, dino = load_checkpoints(config.model, config.weights, config.dinov2_weights, config.allow_download)
+        model = roma_model(weights=weights, dinov2_weights=dino, device=device, **kwargs)
+    return model.eval()
+
+
+def attenuation(low_res_logits: torch.Tensor, hs: int, ws: int) -> torch.Tensor:
+    """romatch's certainty attenuation: half of the negative coarse (1/16) logits,
+    upsampled, is subtracted from the final logits (RegressionMatcher.match)."""
+    up = F.interpolate(low_res_logits, size=(hs, ws), align_corners=False, mode="bilinear")
+    return 0.5 * up * (up < 0)
+
+
+def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
+    """Resolution and symmetry are plain attributes of romatch's model, not weights: one
+    built model serves any of them (tests share one; the node changes them live)."""
+    model.h_resized = model.w_resized = config.coarse_res
+    model.upsample_preds = config.upsample_res > 0
+    if config.upsample_res:
+        model.upsample_res = (config.upsample_res, config.upsample_res)
+    model.symmetric = config.symmetric
+
+
+class RomaMatcher:
+    """RoMa outdoor/indoor behind the matcher interface, plus encode/decode for reuse."""
+
+    def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        configure_backend(self.device)
+        self.name = config.model
+        self.model = model if model is not None else build_roma(config, self.device)
+        apply_settings(self.model, config)
+        self.coarse_hw = (config.coarse_res, config.coarse_res)
+        self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
+        self._generator = torch.Generator(device=self.device)
+
+    # ---------------------------------------------------------------- encode
+    def _normalized(self, image: Image.Image, hw: tuple[int, int]) -> torch.Tensor:
+        (tensor,) = get_tuple_transform_ops(resize=hw, normalize=True)((image,))
+        return tensor[None].to(self.device)
+
+    def _dino(self, x: torch.Tensor) -> torch.Tensor:
+        """DINOv2 patch tokens as a (B, 1024, h/14, w/14) map, as romatch's encoder makes them."""
+        encoder = self.model.encoder
+        vit = encoder.dinov2_vitl14[0]
+        if next(vit.parameters()).device != x.device:
+            encoder.dinov2_vitl14[0] = vit = vit.to(x.device).to(encoder.amp_dtype)
+        b, _, h, w = x.shape
+        tokens = vit.forward_features(x.to(encoder.amp_dtype))["x_norm_patchtokens"]
+        return tokens.permute(0, 2, 1).reshape(b, 1024, h // 14, w // 14)
+
+    @torch.inference_mode()
+    def encode(self, rgb: np.ndarray, with_vgg: bool = True) -> EncodedImage:
+        """Encode an RGB uint8 image of any size; ``with_vgg=False`` keeps only DINOv2."""
+        image = Image.fromarray(np.ascontiguousarray(rgb))
+        coarse_in = self._normalized(image, self.coarse_hw)
+        fine_in = self._normalized(image, self.fine_hw) if self.fine_hw else None
+        coarse = {16: self._dino(coarse_in)}
+        encoded = EncodedImage(rgb.shape[:2], coarse_in, fine_in, coarse, None)
+        if with_vgg:
+            self.complete(encoded)
+        return encoded
+
+    @torch.inference_mode()
+    def complete(self, encoded: EncodedImage) -> EncodedImage:
+        """Add the VGG pyramids an image needs for decoding (no-op when present)."""
+        if 1 not in encoded.coarse:
+            encoded.coarse.update(self.model.encoder.cnn(encoded.image_coarse))
+        if encoded.image_fine is not None and encoded.fine is None:
+            encoded.fine = self.model.encoder.cnn(encoded.image_fine)
+        return encoded
+
+    # ---------------------------------------------------------------- decode
+    def _pair_pyramids(self, query: dict, candidates: list[dict]) -> tuple[dict, dict]:
+        """Stack the decoder's two inputs: (q, q, ...) against (c1, c2, ...); symmetric
+        matching appends the reverse direction, as romatch's forward_symmetric does."""
+        n = len(candidates)
+        f_q, f_c = {}, {}
+        for scale, q in query.items():
+            qs = q.expand(n, *q.shape[1:])
+            cs = torch.cat([c[scale] for c in candidates])
+            if self.config.symmetric:
+                f_q[scale], f_c[scale] = torch.cat((qs, cs)), torch.cat((cs, qs))
+            else:
+                f_q[scale], f_c[scale] = qs, cs
+        return f_q, f_c
+
+    @torch.inference_mode()
+    def decode(self, query: EncodedImage, candidates: list[EncodedImage]) -> list[DenseWarp]:
+        """Dense warps of ``query`` against each candidate, decoded as one batch."""
+        if not candidates:
+            return []
+        for enc in (query, *candidates):
+            self.complete(enc)
+        decoder = self.model.decoder
+        hs, ws = self.coarse_hw
+        f_q, f_c = self._pair_pyramids(query.coarse, [c.coarse for c in candidates])
+        corresps = decoder(f_q, f_c, upsample=False, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
+        low_res_logits = corresps[16]["certainty"]
+        if self.fine_hw:
+            hs, ws = self.fine_hw
+            f_q, f_c = self._pair_pyramids(query.fine, [c.fine for c in candidates])
+            corresps = decoder(
+                f_q, f_c, upsample=True, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1]
+            )
+        logits = corresps[1]["certainty"]
+        if self.model.attenuate_cert:
+            logits = logits - attenuation(low_res_logits, hs, ws)
+        return self._to_warps(corresps[1]["flow"], logits, hs, ws, len(candidates))
+
+    def _to_warps(
+        self, flow: torch.Tensor, logits: torch.Tensor, hs: int, ws: int, n: int
+    ) -> list[DenseWarp]:
+        """Same post-processing as the end of RegressionMatcher.match."""
+        flow = flow.permute(0, 2, 3, 1)
+        certainty = logits.sigmoid()
+        ys = torch.linspace(-1 + 1 / hs, 1 - 1 / hs, hs, device=flow.device)
+        xs = torch.linspace(-1 + 1 / ws, 1 - 1 / ws, ws, device=flow.device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        coords = torch.stack((grid_x, grid_y), dim=-1)[None].expand(n, hs, ws, 2)
+        wrong = (flow.abs() > 1).any(dim=-1)
+        certainty = certainty[:, 0].masked_fill(wrong, 0)
+        flow = flow.clamp(-1, 1)
+        if self.config.symmetric:
+            a_to_b, b_to_a = flow.chunk(2)
+            warp = torch.cat((torch.cat((coords, a_to_b), -1), torch.cat((b_to_a, coords), -1)), dim=2)
+            certainty = torch.cat(certainty.chunk(2), dim=2)
+        else:
+            warp = torch.cat((coords, flow), dim=-1)
+        return [DenseWarp(warp[i], certainty[i]) for i in range(n)]
+
+    # ---------------------------------------------------------------- sample
+    def sample(self, dense: DenseWarp, query_hw: tuple[int, int], candidate_hw: tuple[int, int]) -> Matches:
+        """Sample correspondences and map them to pixels of images of the given sizes."""
+        cfg = self.config
+        if cfg.seed is not None:
+            self._generator.manual_seed(cfg.seed)
+        if cfg.sampler == "romatch":
+            matches, cert = self.model.sample(dense.warp, dense.certainty, num=cfg.num_samples)
+        else:
+            matches, cert = sample_balanced(
+                dense.warp, dense.certainty, cfg.num_samples, cfg.sample_thresh, self._generator
+            )
+        kq = normalized_to_pixels(matches[:, :2].float(), *query_hw)
+        kc = normalized_to_pixels(matches[:, 2:].float(), *candidate_hw)
+        return Matches(
+            kq.cpu().numpy(), kc.cpu().numpy(), cert.float().cpu().numpy(),
+            overlap=float(dense.certainty.float().mean()),
+        )
+
+    def output_hw(self, original_hw: tuple[int, int]) -> tuple[int, int]:
+        """Pixel frame matches are reported in: the original image, or the model's output
+        resolution when ``resize_to_model`` (RoMa's demo habit) is on."""
+        if self.config.resize_to_model:
+            return self.fine_hw or self.coarse_hw
+        return original_hw
+
+    def match_many(self, query: np.ndarray, candidates: list[np.ndarray]) -> list[Matches]:
+        """Match one query against several candidate images (encode once, decode batched)."""
+        q = self.encode(query)
+        encoded = [self.encode(c) for c in candidates]
+        warps = self.decode(q, encoded)
+        return [
+            self.sample(w, self.output_hw(query.shape[:2]), self.output_hw(c.shape[:2]))
+            for w, c in zip(warps, candidates)
+        ]
+
+    def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
+        return self.match_many(query, [candidate])[0]
