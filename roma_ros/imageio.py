@@ -1,9 +1,11 @@
 """Reading and writing image files with clear errors and atomic writes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,18 @@ class ImageFileError(ValueError):
     """An image file is missing, unreadable or empty."""
 
 
+@contextlib.contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own stderr logging while decoding: a corrupt file is reported
+    once, by our error, not by three lines of libpng chatter."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3); 16-bit and grayscale files are converted."""
     path = Path(path)
@@ -23,7 +37,8 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    with quiet_opencv():
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageFileError(f"image file '{path}' is not a readable image (corrupt, or not JPEG/PNG/...)")
     return to_rgb8(image, source=str(path))

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from roma_ros.geometry import as_point_pairs
-from roma_ros.matching.classical import check_rgb_image
+from roma_ros.matching.base import check_rgb_image
 
 OUTLIER_COLOUR = (235, 70, 70)  # red: matched but rejected by the geometry check
 INLIER_COLOUR = (60, 220, 90)  # green: survived verification

@@ -48,10 +48,13 @@ def test_dino_only_encoding_completes_to_the_same_features(roma_model, images):
     full = matcher.encode(images[0])
     lazy = matcher.encode(images[0], with_vgg=False)
     assert set(lazy.coarse) == {16} and lazy.fine is None
-    matcher.complete(lazy)
-    assert set(lazy.coarse) == set(full.coarse) == {1, 2, 4, 8, 16}
+    done = matcher.completed(lazy)
+    assert set(lazy.coarse) == {16}, "completing must not grow the cached encoding"
+    assert set(done.coarse) == set(full.coarse) == {1, 2, 4, 8, 16}
     for scale in full.coarse:
-        torch.testing.assert_close(lazy.coarse[scale], full.coarse[scale])
+        torch.testing.assert_close(done.coarse[scale], full.coarse[scale])
+    for scale in full.fine:
+        torch.testing.assert_close(done.fine[scale], full.fine[scale])
 
 
 def test_matches_are_in_original_pixels(roma_model, images):
@@ -87,6 +90,7 @@ def test_match_many_shares_one_query_encoding(roma_model, images):
     matcher.encode = lambda rgb, **kw: calls.append(rgb.shape) or original(rgb, **kw)
     results = matcher.match_many(images[0], [images[1], images[0], images[1]])
     assert len(calls) == 4  # the query once, each candidate once
+    matcher.encode = original
     assert [len(r) for r in results] == [300, 300, 300]
     # Same candidate twice, same seed: identical samples.
     np.testing.assert_array_equal(results[0].kpts_candidate, results[2].kpts_candidate)
@@ -105,7 +109,16 @@ def test_tiny_roma_random_weights(tiny_model, images):
     assert np.ptp(m.kpts_query[:, 1]) > 0.6 * a.shape[0]
 
 
-@pytest.mark.parametrize("bad", [dict(coarse_res=100), dict(upsample_res=90), dict(num_samples=0),
+def test_batches_give_the_same_matches_as_one_by_one(roma_model, images):
+    a, b = images
+    cands = [b, a, b]
+    one = RomaMatcher(roma_config(num_samples=200, batch_size=1), model=roma_model).match_many(a, cands)
+    three = RomaMatcher(roma_config(num_samples=200, batch_size=3), model=roma_model).match_many(a, cands)
+    for x, y in zip(one, three):
+        np.testing.assert_allclose(x.kpts_candidate, y.kpts_candidate, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [dict(coarse_res=100), dict(batch_size=0), dict(upsample_res=90), dict(num_samples=0),
                                  dict(model="roma_v9"), dict(sampler="kde")])
 def test_bad_configuration_is_rejected(bad):
     with pytest.raises(ValueError):

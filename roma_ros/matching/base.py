@@ -6,8 +6,9 @@ internal resolution.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -68,6 +69,8 @@ class MatcherConfig:
     num_samples: int = 10000
     sample_thresh: float = 0.05  # certainty above which all matches count as equally good
     sampler: str = "grid"  # grid (fast, ours) | romatch (romatch's KDE-balanced sampler)
+    batch_size: int = 8  # keyframes decoded together (bounded by GPU memory)
+    keep_vgg: bool = False  # cache keyframes' VGG pyramids too (~150 MB each at 560): faster, much larger
     seed: int | None = 0  # sampling seed per pair (reproducible results); None: random
     resize_to_model: bool = False  # RoMa demo habit: report pixels of images resized to the output res
     allow_download: bool = True  # fetch missing weights from the official URLs
@@ -84,6 +87,8 @@ class MatcherConfig:
             raise ValueError(f"upsample_res={self.upsample_res} must be 0 (off) or a positive multiple of 8")
         if self.upsample_res and self.upsample_res < self.coarse_res:
             raise ValueError(f"upsample_res={self.upsample_res} must be >= coarse_res={self.coarse_res} (or 0)")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size={self.batch_size} must be positive")
         if self.num_samples <= 0:
             raise ValueError(f"num_samples={self.num_samples} must be positive")
         if self.resize_to_model and not self.model.startswith("roma_"):
@@ -92,11 +97,36 @@ class MatcherConfig:
             raise ValueError(f"sampler '{self.sampler}' unknown: choose grid or romatch")
 
 
+def check_rgb_image(image: np.ndarray, what: str) -> None:
+    """Raise ValueError unless ``image`` is a non-empty (H, W, 3) uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{what} must have shape (H, W, 3) (RGB), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{what} is empty: shape {image.shape}")
+
+
 class Matcher(Protocol):
-    """The interface the pipeline, CLI and node use."""
+    """The interface the pipeline, CLI and node use.
+
+    ``prepare`` computes what a keyframe contributes to every match (RoMa: DINOv2
+    features; SIFT: keypoints and descriptors) so stores can keep it and each query
+    only pays for itself; ``match_prepared`` matches one query against many of them.
+    """
 
     name: str
     device: str
+
+    def prepare(self, image: np.ndarray) -> Any:
+        """Per-keyframe work, done once."""
+        ...
+
+    def match_prepared(self, query: np.ndarray, candidates: Sequence[Any]) -> list[Matches]:
+        """Match an RGB uint8 query against prepared candidates, one Matches each."""
+        ...
 
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
         """Match two RGB uint8 images (H, W, 3) and return sampled correspondences."""

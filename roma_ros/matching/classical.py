@@ -5,25 +5,25 @@ reference to show how much RoMa gains under large viewpoint change.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-from roma_ros.matching.base import Matches
+from roma_ros.matching.base import Matches, check_rgb_image
 
 # knnMatch with k=2 needs at least two descriptors on each side.
 MIN_FEATURES = 2
 
 
-def check_rgb_image(image: np.ndarray, what: str) -> None:
-    """Raise ValueError unless ``image`` is a non-empty (H, W, 3) uint8 array."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"{what} must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"{what} must be uint8, got {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{what} must have shape (H, W, 3) (RGB), got {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{what} is empty: shape {image.shape}")
+@dataclass
+class SiftFeatures:
+    """What a keyframe needs for matching: keypoints (N, 2) in the Matches convention
+    and their descriptors (None when SIFT found nothing)."""
+
+    points: np.ndarray
+    descriptors: np.ndarray | None
 
 
 class ClassicalMatcher:
@@ -42,23 +42,30 @@ class ClassicalMatcher:
         self._sift = cv2.SIFT_create(nfeatures=self.num_features)
         self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
-    def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Keypoint coordinates (N, 2) in the Matches convention and their descriptors."""
+    def prepare(self, image: np.ndarray) -> SiftFeatures:
+        """Detect SIFT features once; keyframes keep them so each query only detects its own."""
+        check_rgb_image(image, "image")
         gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
         keypoints, descriptors = self._sift.detectAndCompute(gray, None)
         # OpenCV puts pixel centres at integers; Matches puts them at +0.5.
         pts = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2) + 0.5
-        return pts, descriptors
+        return SiftFeatures(pts, descriptors)
 
     def match(self, query_rgb: np.ndarray, candidate_rgb: np.ndarray) -> Matches:
-        """Match two RGB uint8 images; certainty is 1 - d1/d2 of the ratio test, best first.
-
-        Each (query point, candidate point) pair appears once.
-        """
+        """Match two RGB uint8 images; certainty is 1 - d1/d2 of the ratio test, best first."""
         check_rgb_image(query_rgb, "query image")
         check_rgb_image(candidate_rgb, "candidate image")
-        pts_q, desc_q = self._detect(query_rgb)
-        pts_c, desc_c = self._detect(candidate_rgb)
+        return self.match_prepared(query_rgb, [self.prepare(candidate_rgb)])[0]
+
+    def match_prepared(self, query_rgb: np.ndarray, candidates: Sequence[SiftFeatures]) -> list[Matches]:
+        """Match a query against prepared candidates (query features detected once)."""
+        query = self.prepare(query_rgb)
+        return [self._match_features(query, c) for c in candidates]
+
+    def _match_features(self, query: SiftFeatures, candidate: SiftFeatures) -> Matches:
+        """Each (query point, candidate point) pair appears once."""
+        pts_q, desc_q = query.points, query.descriptors
+        pts_c, desc_c = candidate.points, candidate.descriptors
         if desc_q is None or desc_c is None or len(pts_q) < MIN_FEATURES or len(pts_c) < MIN_FEATURES:
             return Matches.empty()
 

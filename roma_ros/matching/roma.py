@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from unittest import mock
 
 import numpy as np
@@ -22,7 +23,7 @@ from romatch.models.model_zoo.roma_models import roma_model
 from romatch.models.transformer import vit_large
 from romatch.utils import get_tuple_transform_ops
 
-from roma_ros.matching.base import Matches, MatcherConfig
+from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.device import amp_dtype, configure_backend, resolve_device
 from roma_ros.matching.sampling import normalized_to_pixels, sample_balanced
 from roma_ros.matching.weights import load_checkpoints
@@ -141,23 +142,23 @@ class RomaMatcher:
     @torch.inference_mode()
     def encode(self, rgb: np.ndarray, with_vgg: bool = True) -> EncodedImage:
         """Encode an RGB uint8 image of any size; ``with_vgg=False`` keeps only DINOv2."""
+        check_rgb_image(rgb, "image")
         image = Image.fromarray(np.ascontiguousarray(rgb))
         coarse_in = self._normalized(image, self.coarse_hw)
         fine_in = self._normalized(image, self.fine_hw) if self.fine_hw else None
-        coarse = {16: self._dino(coarse_in)}
-        encoded = EncodedImage(rgb.shape[:2], coarse_in, fine_in, coarse, None)
-        if with_vgg:
-            self.complete(encoded)
-        return encoded
+        encoded = EncodedImage(rgb.shape[:2], coarse_in, fine_in, {16: self._dino(coarse_in)}, None)
+        return self.completed(encoded) if with_vgg else encoded
 
     @torch.inference_mode()
-    def complete(self, encoded: EncodedImage) -> EncodedImage:
-        """Add the VGG pyramids an image needs for decoding (no-op when present)."""
-        if 1 not in encoded.coarse:
-            encoded.coarse.update(self.model.encoder.cnn(encoded.image_coarse))
-        if encoded.image_fine is not None and encoded.fine is None:
-            encoded.fine = self.model.encoder.cnn(encoded.image_fine)
-        return encoded
+    def completed(self, encoded: EncodedImage) -> EncodedImage:
+        """The image with the VGG pyramids decoding needs; cached DINOv2-only encodings
+        are left as they are, so caches stay small."""
+        coarse, fine = encoded.coarse, encoded.fine
+        if 1 not in coarse:
+            coarse = {**self.model.encoder.cnn(encoded.image_coarse), 16: coarse[16]}
+        if encoded.image_fine is not None and fine is None:
+            fine = self.model.encoder.cnn(encoded.image_fine)
+        return replace(encoded, coarse=coarse, fine=fine)
 
     # ---------------------------------------------------------------- decode
     def _pair_pyramids(self, query: dict, candidates: list[dict]) -> tuple[dict, dict]:
@@ -179,8 +180,8 @@ class RomaMatcher:
         """Dense warps of ``query`` against each candidate, decoded as one batch."""
         if not candidates:
             return []
-        for enc in (query, *candidates):
-            self.complete(enc)
+        query = self.completed(query)
+        candidates = [self.completed(c) for c in candidates]
         decoder = self.model.decoder
         hs, ws = self.coarse_hw
         f_q, f_c = self._pair_pyramids(query.coarse, [c.coarse for c in candidates])
@@ -244,15 +245,25 @@ class RomaMatcher:
             return self.fine_hw or self.coarse_hw
         return original_hw
 
-    def match_many(self, query: np.ndarray, candidates: list[np.ndarray]) -> list[Matches]:
-        """Match one query against several candidate images (encode once, decode batched)."""
+    def prepare(self, rgb: np.ndarray) -> EncodedImage:
+        """A keyframe's cached part: DINOv2 features (VGG too with ``keep_vgg``)."""
+        return self.encode(rgb, with_vgg=self.config.keep_vgg)
+
+    def match_prepared(self, query: np.ndarray, candidates: Sequence[EncodedImage]) -> list[Matches]:
+        """Encode the query once and decode it against the candidates in batches."""
         q = self.encode(query)
-        encoded = [self.encode(c) for c in candidates]
-        warps = self.decode(q, encoded)
-        return [
-            self.sample(w, self.output_hw(query.shape[:2]), self.output_hw(c.shape[:2]))
-            for w, c in zip(warps, candidates)
-        ]
+        out_q = self.output_hw(query.shape[:2])
+        results: list[Matches] = []
+        step = self.config.batch_size
+        for start in range(0, len(candidates), step):
+            chunk = list(candidates[start:start + step])
+            for dense, cand in zip(self.decode(q, chunk), chunk):
+                results.append(self.sample(dense, out_q, self.output_hw(cand.size)))
+        return results
+
+    def match_many(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
+        """Match one query against several candidate images."""
+        return self.match_prepared(query, [self.prepare(c) for c in candidates])
 
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
         return self.match_many(query, [candidate])[0]

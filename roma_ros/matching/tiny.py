@@ -7,13 +7,15 @@ besides the checkpoint itself.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from kornia.feature.xfeat import XFeatModel
 from romatch.models.model_zoo.roma_models import tiny_roma_v1_model
 
-from roma_ros.matching.base import Matches, MatcherConfig
+from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.device import configure_backend, resolve_device
 from roma_ros.matching.roma import DenseWarp
 from roma_ros.matching.sampling import normalized_to_pixels, sample_balanced
@@ -54,7 +56,17 @@ class TinyRomaMatcher:
         warp, certainty = self.model.match(self._tensor(query), self._tensor(candidate))
         return DenseWarp(warp[0], certainty[0])
 
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """Tiny RoMa's XFeat features cost little next to its decoder; keep the image."""
+        check_rgb_image(rgb, "image")
+        return rgb
+
+    def match_prepared(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
+        return [self.match(query, c) for c in candidates]
+
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
+        check_rgb_image(query, "query image")
+        check_rgb_image(candidate, "candidate image")
         dense = self.dense(query, candidate)
         cfg = self.config
         if cfg.seed is not None:
