@@ -48,7 +48,7 @@ class Verification:
         return int(np.count_nonzero(self.inlier_mask))
 
 
-def _check_config(method: str, threshold: float, confidence: float, max_iters: int) -> None:
+def check_ransac_config(method: str, threshold: float, confidence: float, max_iters: int) -> None:
     """Raise ValueError for settings no data could make work (configuration errors)."""
     if method not in RANSAC_METHODS:
         raise ValueError(f"unknown method '{method}': choose one of {', '.join(RANSAC_METHODS)}")
@@ -105,7 +105,7 @@ def verify_fundamental(
     raises for bad data; raises ValueError for invalid settings or arrays of
     mismatched shape.
     """
-    _check_config(method, threshold, confidence, max_iters)
+    check_ransac_config(method, threshold, confidence, max_iters)
     q, c = as_point_pairs(kpts_query, kpts_candidate)
     n = len(q)
     none = np.zeros(n, dtype=bool)

@@ -46,3 +46,13 @@ def tiny_model():
     from roma_ros.matching.tiny import build_tiny
 
     return build_tiny(roma_config(model="tiny_roma_outdoor"), "cpu")
+
+
+@pytest.fixture(scope="session")
+def ros():
+    """rclpy initialised once per test session (DDS already confined to loopback above)."""
+    import rclpy
+
+    rclpy.init()
+    yield rclpy
+    rclpy.try_shutdown()

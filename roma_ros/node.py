@@ -1,0 +1,325 @@
+"""`match_node`: the ROS 2 face of the relocalizer (the only module that imports rclpy).
+
+Callbacks stay short: the image callback only keeps the newest frame; one worker
+thread converts, matches, verifies and publishes, and counts the frames it had to
+skip. Model loading happens in that worker too, so /diagnostics reports "loading"
+or a weights error while the executor keeps running.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseArray
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from roma_ros import params as P
+from roma_ros.conversions import (
+    ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, match_markers, matches_to_pointcloud2,
+    poses_to_pose_array, rgb_to_image_msg,
+)
+from roma_ros.keyframes import KeyframeStore
+from roma_ros.matching.base import WeightsError, build_matcher
+from roma_ros.pipeline import QueryResult, Relocalizer
+from roma_ros.visualize import draw_matches
+
+LOG_THROTTLE_S = 10.0
+
+
+class MatchNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("roma_matcher", **kwargs)
+        for spec in P.PARAMS:
+            self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
+                description=spec.description + ("" if spec.live else " (start-up only)"),
+                read_only=not spec.live, additional_constraints=", ".join(spec.choices)))
+        self.values = {spec.name: self.get_parameter(spec.name).value for spec in P.PARAMS}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.state = "starting"
+        self.last_error = ""
+        self.relocalizer: Relocalizer | None = None
+        self.store = KeyframeStore(P.keyframes_dir(self.values))
+        self.stats = {"processed": 0, "dropped": 0, "bad_frames": 0, "accepted": 0}
+        self.latencies: collections.deque[float] = collections.deque(maxlen=100)
+        self.processed_times: collections.deque[float] = collections.deque(maxlen=100)
+        self.last_result = ""
+        self._log_times: dict[str, float] = {}
+        self._latest_rgb: np.ndarray | None = None
+        self._pending: Image | CompressedImage | None = None
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+
+        self.pub_matches = self.create_publisher(PointCloud2, "~/matches", 10)
+        self.pub_debug = self.create_publisher(Image, "~/debug_image", 1)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_keyframes = self.create_publisher(PoseArray, "~/keyframes", latched)
+        self.pub_markers = self.create_publisher(MarkerArray, "~/markers", 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self._create_image_subscription()
+        services = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, "~/add_keyframe", self._on_add_keyframe, callback_group=services)
+        self.create_service(Trigger, "~/reload_keyframes", self._on_reload_keyframes, callback_group=services)
+        self.create_timer(float(self.values["diagnostics_period"]), self._publish_diagnostics)
+
+        self._worker = threading.Thread(target=self._run_worker, name="roma_worker", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, changes: list) -> SetParametersResult:
+        values = dict(self.values)
+        try:
+            for change in changes:
+                if change.name not in P.SPECS:
+                    continue
+                P.check_value(change.name, change.value)
+                values[change.name] = change.value
+            decision = P.decision_config(values)
+        except (ValueError, TypeError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.values = values
+        if self.relocalizer is not None:
+            self.relocalizer.set_decision(decision)
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ input
+    def _create_image_subscription(self) -> None:
+        reliable = self.values["image_qos"] == "reliable"
+        qos = QoSProfile(
+            depth=1, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
+            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        )
+        if self.values["image_transport"] == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos)
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        with self._wake:
+            if self._pending is not None:
+                self.stats["dropped"] += 1
+            self._pending = msg
+            self._wake.notify()
+
+    def _next_frame(self) -> Image | CompressedImage | None:
+        with self._wake:
+            while self._pending is None and not self._stop.is_set():
+                self._wake.wait(timeout=0.5)
+            msg, self._pending = self._pending, None
+            return msg
+
+    # ------------------------------------------------------------------ worker
+    def _run_worker(self) -> None:
+        if not self._load():
+            return
+        while not self._stop.is_set():
+            msg = self._next_frame()
+            if msg is None:
+                continue
+            try:
+                self._handle(msg)
+            except Exception as exc:  # the node must outlive any single bad frame
+                self._record_error("processing failed", f"processing a frame failed: {exc!r}")
+
+    def _load(self) -> bool:
+        self.state = "loading model"
+        try:
+            config = P.matcher_config(self.values)
+            self.get_logger().info(f"loading {config.model} on {config.device} ...")
+            matcher = build_matcher(config)
+            self.relocalizer = Relocalizer(matcher, P.decision_config(self.values))
+            if self.values["warmup"] and config.model != "classical":
+                dummy = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+                matcher.match(dummy, dummy)
+        except (WeightsError, ValueError) as exc:
+            self.state = "error: model not loaded"
+            self._record_error("model", f"cannot load the matcher: {exc}")
+            return False
+        self.get_logger().info(f"matcher {matcher.name} ready on {matcher.device}")
+        self._reload()
+        return True
+
+    def _reload(self) -> int:
+        self.state = "loading keyframes"
+        keyframes = self.store.load()
+        for warning in self.store.warnings:
+            self.get_logger().warning(warning)
+        assert self.relocalizer is not None
+        self.relocalizer.set_keyframes(keyframes)
+        self._publish_keyframes()
+        self.state = "ready" if keyframes else "waiting for keyframes"
+        self.get_logger().info(f"{len(keyframes)} keyframes from {self.store.directory}")
+        return len(keyframes)
+
+    def _convert(self, msg: Image | CompressedImage) -> np.ndarray | None:
+        try:
+            if isinstance(msg, CompressedImage):
+                return compressed_msg_to_rgb(msg)
+            return image_msg_to_rgb(msg)
+        except ImageConversionError as exc:
+            self.stats["bad_frames"] += 1
+            self._record_error(str(exc).split(":")[0], f"skipped a frame: {exc}")
+            return None
+
+    def _handle(self, msg: Image | CompressedImage) -> None:
+        start = time.perf_counter()
+        rgb = self._convert(msg)
+        if rgb is None or self.relocalizer is None:
+            return
+        self._latest_rgb = rgb
+        result = self.relocalizer.process(rgb)
+        latency = time.perf_counter() - start
+        self.latencies.append(latency)
+        self.processed_times.append(time.monotonic())
+        self.stats["processed"] += 1
+        self.stats["accepted"] += int(result.accepted)
+        self._publish_result(msg.header, rgb, result, latency)
+
+    # ------------------------------------------------------------------ output
+    def _publish_result(self, header: Header, rgb: np.ndarray, result: QueryResult, latency: float) -> None:
+        best, keyframes = result.best, self.relocalizer.keyframes if self.relocalizer else []
+        if result.accepted and best is not None:
+            inl = best.verification.inlier_mask
+            m = best.matches
+            cloud = matches_to_pointcloud2(header, m.kpts_query[inl], m.kpts_candidate[inl], m.certainty[inl],
+                                           best.index)
+            name = keyframes[best.index].name
+            summary = f"{name}: {best.inliers} inliers, {latency * 1000:.0f} ms"
+        else:
+            cloud = matches_to_pointcloud2(header, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), 0)
+            name = keyframes[best.index].name if best is not None else ""
+            summary = f"no match ({result.reason}), {latency * 1000:.0f} ms"
+        self.last_result = summary
+        self.pub_matches.publish(cloud)
+        pose = keyframes[best.index].pose if best is not None else None
+        self.pub_markers.publish(match_markers(self.values["frame_id"], header.stamp, name, pose,
+                                               result.accepted, summary))
+        if self.values["debug.publish_image"] and self.pub_debug.get_subscription_count() > 0:
+            self.pub_debug.publish(rgb_to_image_msg(self._debug_image(rgb, result, summary), header))
+
+    def _debug_image(self, rgb: np.ndarray, result: QueryResult, summary: str) -> np.ndarray:
+        best = result.best
+        if best is None:
+            return draw_matches(rgb, np.zeros_like(rgb), np.zeros((0, 2)), np.zeros((0, 2)), text=summary)
+        m = best.matches
+        keyframe = self.relocalizer.keyframes[best.index]
+        order = np.argsort(-m.certainty, kind="stable")
+        return draw_matches(rgb, keyframe.image, m.kpts_query, m.kpts_candidate, best.verification.inlier_mask,
+                            max_lines=int(self.values["debug.max_lines"]), text=summary, line_order=order)
+
+    def _publish_keyframes(self) -> None:
+        keyframes = self.relocalizer.keyframes if self.relocalizer else []
+        if any(k.pose is not None for k in keyframes):
+            header = Header(frame_id=self.values["frame_id"], stamp=self.get_clock().now().to_msg())
+            self.pub_keyframes.publish(poses_to_pose_array(header, [k.pose for k in keyframes]))
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        recent = [t for t in self.processed_times if now - t < 10.0]
+        rate = len(recent) / 10.0
+        lat = list(self.latencies)
+        level = DiagnosticStatus.OK
+        if self.state.startswith("error"):
+            level = DiagnosticStatus.ERROR
+        elif self.state != "ready":
+            level = DiagnosticStatus.WARN
+        values = {
+            "state": self.state,
+            "model": self.values["model"],
+            "device": getattr(self.relocalizer.matcher, "device", "") if self.relocalizer else self.values["device"],
+            "keyframes": str(len(self.relocalizer.keyframes) if self.relocalizer else 0),
+            "keyframes_dir": str(self.store.directory),
+            "processed": str(self.stats["processed"]),
+            "accepted": str(self.stats["accepted"]),
+            "rate_hz": f"{rate:.2f}",
+            "latency_mean_ms": f"{1000 * float(np.mean(lat)):.1f}" if lat else "",
+            "latency_max_ms": f"{1000 * max(lat):.1f}" if lat else "",
+            "dropped_frames": str(self.stats["dropped"]),
+            "bad_frames": str(self.stats["bad_frames"]),
+            "last_result": self.last_result,
+            "last_error": self.last_error,
+        }
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: relocalization",
+                                  message=self.state, hardware_id=values["device"],
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+
+    def _record_error(self, cause: str, message: str) -> None:
+        """Remember the error for diagnostics and log it at most once per cause per 10 s."""
+        self.last_error = message
+        now = time.monotonic()
+        if now - self._log_times.get(cause, -LOG_THROTTLE_S) >= LOG_THROTTLE_S:
+            self._log_times[cause] = now
+            self.get_logger().error(message)
+
+    # ------------------------------------------------------------------ services
+    def _on_add_keyframe(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        rgb = self._latest_rgb
+        if self.relocalizer is None:
+            response.success, response.message = False, f"matcher not ready ({self.state})"
+        elif rgb is None:
+            response.success, response.message = False, "no query image received yet: publish on `image` first"
+        else:
+            try:
+                keyframe = self.store.add(rgb, self.relocalizer.keyframes)
+            except OSError as exc:
+                response.success, response.message = False, f"could not write to {self.store.directory}: {exc}"
+                return response
+            index = self.relocalizer.add_keyframe(keyframe)
+            self.state = "ready"
+            self._publish_keyframes()
+            response.success = True
+            response.message = f"added keyframe '{keyframe.name}' (index {index}) as {self.store.directory / keyframe.image_file}"
+            self.get_logger().info(response.message)
+        return response
+
+    def _on_reload_keyframes(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.relocalizer is None:
+            response.success, response.message = False, f"matcher not ready ({self.state})"
+            return response
+        count = self._reload()
+        warnings = f"; warnings: {' | '.join(self.store.warnings)}" if self.store.warnings else ""
+        response.success = True
+        response.message = f"loaded {count} keyframes from {self.store.directory}{warnings}"
+        return response
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = MatchNode()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
