@@ -31,8 +31,9 @@ from roma_ros.conversions import (
     ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, match_markers, matches_to_pointcloud2,
     poses_to_pose_array, rgb_to_image_msg,
 )
+from roma_ros.feature_cache import cache_for
 from roma_ros.keyframes import KeyframeStore
-from roma_ros.matching.base import WeightsError, build_matcher
+from roma_ros.matching.base import Matcher, WeightsError, build_matcher
 from roma_ros.pipeline import QueryResult, Relocalizer
 from roma_ros.visualize import draw_matches
 
@@ -40,8 +41,10 @@ LOG_THROTTLE_S = 10.0
 
 
 class MatchNode(Node):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, matcher: Matcher | None = None, **kwargs: Any) -> None:
+        """``matcher`` replaces the one the parameters describe (tests share one network)."""
         super().__init__("roma_matcher", **kwargs)
+        self._injected_matcher = matcher
         for spec in P.PARAMS:
             self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
                 description=spec.description + ("" if spec.live else " (start-up only)"),
@@ -141,7 +144,7 @@ class MatchNode(Node):
         try:
             config = P.matcher_config(self.values)
             self.get_logger().info(f"loading {config.model} on {config.device} ...")
-            matcher = build_matcher(config)
+            matcher = self._injected_matcher or build_matcher(config)
             self.relocalizer = Relocalizer(matcher, P.decision_config(self.values))
             if self.values["warmup"] and config.model != "classical":
                 dummy = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
@@ -160,7 +163,13 @@ class MatchNode(Node):
         for warning in self.store.warnings:
             self.get_logger().warning(warning)
         assert self.relocalizer is not None
-        self.relocalizer.set_keyframes(keyframes)
+        cache = cache_for(self.relocalizer.matcher, self.store.directory)
+        self.relocalizer.set_keyframes(keyframes, cache)
+        if cache is not None:
+            for warning in cache.stats.warnings:
+                self.get_logger().warning(warning)
+            self.get_logger().info(f"keyframe features: {cache.stats.loaded} from {cache.folder}, "
+                                   f"{cache.stats.computed} computed")
         self._publish_keyframes()
         self.state = "ready" if keyframes else "waiting for keyframes"
         self.get_logger().info(f"{len(keyframes)} keyframes from {self.store.directory}")
@@ -223,10 +232,12 @@ class MatchNode(Node):
                             max_lines=int(self.values["debug.max_lines"]), text=summary, line_order=order)
 
     def _publish_keyframes(self) -> None:
+        """Index-aligned keyframe poses; an empty array when no keyframe has a pose, so a
+        reload that drops all poses also clears what late subscribers receive."""
         keyframes = self.relocalizer.keyframes if self.relocalizer else []
-        if any(k.pose is not None for k in keyframes):
-            header = Header(frame_id=self.values["frame_id"], stamp=self.get_clock().now().to_msg())
-            self.pub_keyframes.publish(poses_to_pose_array(header, [k.pose for k in keyframes]))
+        poses = [k.pose for k in keyframes] if any(k.pose is not None for k in keyframes) else []
+        header = Header(frame_id=self.values["frame_id"], stamp=self.get_clock().now().to_msg())
+        self.pub_keyframes.publish(poses_to_pose_array(header, poses))
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from roma_ros.feature_cache import FeatureCache
 from roma_ros.geometry import Verification, check_ransac_config, verify_fundamental
 from roma_ros.keyframes import Keyframe
 from roma_ros.matching.base import Matcher, Matches
@@ -70,18 +71,26 @@ class Relocalizer:
         self.decision.validate()
         self.keyframes: list[Keyframe] = []
         self._prepared: list[Any] = []
+        self.cache: FeatureCache | None = None
         self._lock = threading.Lock()  # guards the lists
         self._compute = threading.Lock()  # one model call at a time (queries vs. keyframe additions)
 
-    def set_keyframes(self, keyframes: list[Keyframe]) -> None:
+    def _prepare(self, keyframe: Keyframe) -> Any:
+        if self.cache is None:
+            return self.matcher.prepare(keyframe.image)
+        return self.cache.prepare(self.matcher, keyframe.image_file, keyframe.image)
+
+    def set_keyframes(self, keyframes: list[Keyframe], cache: FeatureCache | None = None) -> None:
+        """Use these keyframes; with a cache, features come from disk where possible."""
         with self._compute:
-            prepared = [self.matcher.prepare(k.image) for k in keyframes]
+            self.cache = cache
+            prepared = [self._prepare(k) for k in keyframes]
         with self._lock:
             self.keyframes, self._prepared = list(keyframes), prepared
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
         with self._compute:
-            prepared = self.matcher.prepare(keyframe.image)
+            prepared = self._prepare(keyframe)
         with self._lock:
             self.keyframes.append(keyframe)
             self._prepared.append(prepared)

@@ -33,13 +33,13 @@ def write_keyframes(folder, pairs) -> None:
     (folder / "keyframes.yaml").write_text(yaml.safe_dump({"keyframes": entries}))
 
 
-def start(ros, folder, **overrides):
+def start(ros, folder, matcher=None, **overrides):
     values = {"model": "classical", "keyframes_dir": str(folder), "image_qos": "reliable",
               "min_inliers": 30, "ransac.threshold": 1.0, "diagnostics_period": 0.2}
     values.update(overrides)
     from roma_ros.node import MatchNode
 
-    node = MatchNode(parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+    node = MatchNode(matcher=matcher, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
     probe = Probe()
     spinner = Spinner(node, probe)
     wait_for(lambda: node.state in ("ready", "waiting for keyframes") or node.state.startswith("error"), 120,

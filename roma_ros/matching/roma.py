@@ -8,10 +8,12 @@ order as ``RegressionMatcher.match``; test/test_roma.py checks that both agree.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -26,7 +28,7 @@ from romatch.utils import get_tuple_transform_ops
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.device import amp_dtype, configure_backend, resolve_device
 from roma_ros.matching.sampling import normalized_to_pixels, sample_balanced
-from roma_ros.matching.weights import load_checkpoints
+from roma_ros.matching.weights import checkpoints_for, load_checkpoints
 
 # romatch's scale factors divide by the resolution RoMa was trained at.
 TRAIN_RES = 560
@@ -248,6 +250,46 @@ class RomaMatcher:
     def prepare(self, rgb: np.ndarray) -> EncodedImage:
         """A keyframe's cached part: DINOv2 features (VGG too with ``keep_vgg``)."""
         return self.encode(rgb, with_vgg=self.config.keep_vgg)
+
+    def cache_key(self) -> str:
+        """Folder name for cached keyframe features: everything they depend on."""
+        cfg = self.config
+        dtype = str(self.model.encoder.amp_dtype).replace("torch.", "")
+        parts = [cfg.model, f"c{cfg.coarse_res}", dtype]
+        if cfg.keep_vgg:
+            parts.append(f"vgg-u{cfg.upsample_res}")
+        if cfg.random_weights:
+            identity = "random-weights-seed0"
+        else:
+            identity = "|".join(
+                f"{c.filename}:{p}:{p.stat().st_size}:{int(p.stat().st_mtime)}" if p.is_file() else c.filename
+                for c in checkpoints_for(cfg.model, cfg.weights, cfg.dinov2_weights)
+                for p in [Path(c.given_path) if c.given_path else c.cache_path]
+            )
+        return "-".join(parts) + "-" + hashlib.sha1(identity.encode()).hexdigest()[:10]
+
+    def export_prepared(self, encoded: EncodedImage) -> dict[str, torch.Tensor]:
+        """The cacheable part of a prepared keyframe, on the CPU."""
+        state = {"dino": encoded.dino.cpu()}
+        if 1 in encoded.coarse:
+            state.update({f"coarse_{s}": t.cpu() for s, t in encoded.coarse.items() if s != 16})
+            state.update({f"fine_{s}": t.cpu() for s, t in (encoded.fine or {}).items()})
+        return state
+
+    def import_prepared(self, rgb: np.ndarray, state: dict[str, torch.Tensor]) -> EncodedImage:
+        """Rebuild a prepared keyframe from cached features; the normalized inputs are
+        cheap to recompute from the image, so they are not cached."""
+        check_rgb_image(rgb, "image")
+        image = Image.fromarray(np.ascontiguousarray(rgb))
+        coarse_in = self._normalized(image, self.coarse_hw)
+        expected = (1, 1024, self.coarse_hw[0] // 14, self.coarse_hw[1] // 14)
+        if tuple(state["dino"].shape) != expected:
+            raise ValueError(f"cached DINOv2 features have shape {tuple(state['dino'].shape)}, expected {expected}")
+        coarse = {16: state["dino"].to(self.device)}
+        coarse.update({int(k.split("_")[1]): v.to(self.device) for k, v in state.items() if k.startswith("coarse_")})
+        fine = {int(k.split("_")[1]): v.to(self.device) for k, v in state.items() if k.startswith("fine_")} or None
+        fine_in = self._normalized(image, self.fine_hw) if self.fine_hw else None
+        return EncodedImage(rgb.shape[:2], coarse_in, fine_in, coarse, fine)
 
     def match_prepared(self, query: np.ndarray, candidates: Sequence[EncodedImage]) -> list[Matches]:
         """Encode the query once and decode it against the candidates in batches."""

@@ -1,0 +1,87 @@
+"""Keyframe features kept on disk next to the keyframes, so a restart does not re-encode.
+
+Files live in ``<keyframes_dir>/.cache/<key>/<image file>.pt``. The key names
+everything the features depend on (model, checkpoint identity, resolution,
+precision), so changing any of them simply uses another folder; each file also
+records a digest of the keyframe's pixels, so an edited image is re-encoded.
+A file that cannot be read is reported and recomputed, never fatal.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from roma_ros.imageio import save_bytes
+
+CACHE_DIR = ".cache"
+
+
+def image_digest(rgb: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    loaded: int = 0
+    computed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class FeatureCache:
+    """Reads and writes one state dict of tensors per keyframe image."""
+
+    def __init__(self, keyframes_dir: str | Path, key: str) -> None:
+        self.folder = Path(keyframes_dir) / CACHE_DIR / key
+        self.stats = CacheStats()
+
+    def path(self, image_file: str) -> Path:
+        return self.folder / f"{image_file}.pt"
+
+    def load(self, image_file: str, digest: str) -> dict[str, torch.Tensor] | None:
+        path = self.path(image_file)
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("digest") != digest:
+                return None  # the image changed since it was cached
+            return state["features"]
+        except Exception as exc:  # truncated or foreign file: recompute
+            self.stats.warnings.append(f"feature cache file '{path}' is unreadable ({exc}); recomputing it")
+            return None
+
+    def save(self, image_file: str, digest: str, features: dict[str, torch.Tensor]) -> None:
+        buffer = io.BytesIO()
+        torch.save({"digest": digest, "features": features}, buffer)
+        save_bytes(self.path(image_file), buffer.getvalue())
+
+    def prepare(self, matcher: Any, image_file: str, rgb: np.ndarray) -> Any:
+        """The matcher's prepared keyframe, from disk when cached, else computed and stored."""
+        digest = image_digest(rgb)
+        features = self.load(image_file, digest)
+        if features is not None:
+            try:
+                prepared = matcher.import_prepared(rgb, features)
+                self.stats.loaded += 1
+                return prepared
+            except (KeyError, RuntimeError, ValueError) as exc:
+                self.stats.warnings.append(f"feature cache for '{image_file}' does not fit the model ({exc}); recomputing")
+        prepared = matcher.prepare(rgb)
+        self.stats.computed += 1
+        try:
+            self.save(image_file, digest, matcher.export_prepared(prepared))
+        except OSError as exc:
+            self.stats.warnings.append(f"could not write feature cache '{self.path(image_file)}': {exc}")
+        return prepared
+
+
+def cache_for(matcher: Any, keyframes_dir: str | Path) -> FeatureCache | None:
+    """A cache when the matcher supports one (RoMa); None for matchers whose keyframe work is cheap."""
+    key = getattr(matcher, "cache_key", lambda: None)()
+    return FeatureCache(keyframes_dir, key) if key else None
