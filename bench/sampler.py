@@ -70,6 +70,8 @@ def main() -> None:
     print(f"{'sampler':<12} {'time s':>9} {'peak MB':>9} {'samples':>8} {'coverage':>9} {'cv':>6}")
     results = {}
     for name, fn in runs.items():
+        if args.device.startswith("cuda"):
+            fn()  # first CUDA calls pay for kernel loading
         (matches, _), seconds, peak = measure(fn, args.device)
         coverage, cv = evenness(matches)
         results[name] = (seconds, peak)

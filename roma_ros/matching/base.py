@@ -66,6 +66,7 @@ class MatcherConfig:
     coarse_res: int = 560  # multiple of 14; Tiny RoMa: longer image side
     upsample_res: int = 864  # multiple of 8; 0 disables the high-resolution refinement
     symmetric: bool = True
+    precision: str = "auto"  # auto: bf16/fp16 mixed precision on GPU, fp32 on CPU | fp32
     num_samples: int = 10000
     sample_thresh: float = 0.05  # certainty above which all matches count as equally good
     sampler: str = "grid"  # grid (fast, ours) | romatch (romatch's KDE-balanced sampler)
@@ -87,6 +88,8 @@ class MatcherConfig:
             raise ValueError(f"upsample_res={self.upsample_res} must be 0 (off) or a positive multiple of 8")
         if self.upsample_res and self.upsample_res < self.coarse_res:
             raise ValueError(f"upsample_res={self.upsample_res} must be >= coarse_res={self.coarse_res} (or 0)")
+        if self.precision not in ("auto", "fp32"):
+            raise ValueError(f"precision '{self.precision}' unknown: choose auto or fp32")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size={self.batch_size} must be positive")
         if self.num_samples <= 0:

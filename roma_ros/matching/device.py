@@ -19,9 +19,10 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
 
 
-def amp_dtype(device: str) -> torch.dtype:
-    """bf16 where the GPU supports it (no overflow risk), else fp16 on GPU; fp32 on CPU."""
-    if device == "cpu":
+def amp_dtype(device: str, precision: str = "auto") -> torch.dtype:
+    """'auto': bf16 where the GPU supports it (no fp16 overflow risk), else fp16 on GPU;
+    always fp32 on CPU. 'fp32' forces full precision (reference runs, parity checks)."""
+    if device == "cpu" or precision == "fp32":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

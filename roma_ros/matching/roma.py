@@ -8,6 +8,7 @@ order as ``RegressionMatcher.match``; test/test_roma.py checks that both agree.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import math
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from romatch.models.matcher import RegressionMatcher
 from romatch.models.model_zoo.roma_models import roma_model
 from romatch.models.transformer import vit_large
 from romatch.utils import get_tuple_transform_ops
+from romatch.utils.utils import get_autocast_params
 
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.device import amp_dtype, configure_backend, resolve_device
@@ -81,7 +84,7 @@ def build_roma(config: MatcherConfig, device: str) -> RegressionMatcher:
         resolution=config.coarse_res,
         upsample_preds=config.upsample_res > 0,
         upsample_res=config.upsample_res or None,
-        amp_dtype=amp_dtype(device),
+        amp_dtype=amp_dtype(device, config.precision),
         symmetric=config.symmetric,
         # The fused CUDA kernel is optional; without it romatch fails on the first match.
         use_custom_corr=device.startswith("cuda") and importlib.util.find_spec("local_corr") is not None,
@@ -99,6 +102,21 @@ def attenuation(low_res_logits: torch.Tensor, hs: int, ws: int) -> torch.Tensor:
     upsampled, is subtracted from the final logits (RegressionMatcher.match)."""
     up = F.interpolate(low_res_logits, size=(hs, ws), align_corners=False, mode="bilinear")
     return 0.5 * up * (up < 0)
+
+
+def projection_free(decoder: nn.Module) -> nn.Module:
+    """A view of romatch's Decoder sharing every module except its input projections.
+
+    Decoder.forward picks its autocast setting with ``str(features) == "cuda"``, which
+    renders the whole feature tensor as text at every scale: on a GPU that is thousands
+    of device-to-host copies per query (17.6k for 10 keyframes on an H200, more CPU time
+    than the GPU work). RomaMatcher applies the same projections itself (``_project``), so
+    the view's empty ``proj`` keeps that branch from running.
+    """
+    view = copy.copy(decoder)
+    view._modules = dict(decoder._modules)
+    view._modules["proj"] = nn.ModuleDict()
+    return view
 
 
 def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
@@ -122,6 +140,7 @@ class RomaMatcher:
         self.name = config.model
         self.model = model if model is not None else build_roma(config, self.device)
         apply_settings(self.model, config)
+        self._decoder = projection_free(self.model.decoder)
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
         self._generator = torch.Generator(device=self.device)
@@ -163,6 +182,20 @@ class RomaMatcher:
         return replace(encoded, coarse=coarse, fine=fine)
 
     # ---------------------------------------------------------------- decode
+    def _project(self, pyramid: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The decoder's per-scale input projections, applied once per image (romatch applies
+        them inside Decoder.forward, to every stacked pair) with romatch's precision rule."""
+        proj = self.model.decoder.proj
+        out = {}
+        for scale, features in pyramid.items():
+            if str(scale) not in proj:
+                out[scale] = features
+                continue
+            device, enabled, dtype = get_autocast_params(features.device, False, self.model.decoder.amp_dtype)
+            with torch.autocast(device, enabled=enabled, dtype=dtype):
+                out[scale] = proj[str(scale)](features if enabled else features.float())
+        return out
+
     def _pair_pyramids(self, query: dict, candidates: list[dict]) -> tuple[dict, dict]:
         """Stack the decoder's two inputs: (q, q, ...) against (c1, c2, ...); symmetric
         matching appends the reverse direction, as romatch's forward_symmetric does."""
@@ -184,14 +217,14 @@ class RomaMatcher:
             return []
         query = self.completed(query)
         candidates = [self.completed(c) for c in candidates]
-        decoder = self.model.decoder
+        decoder = self._decoder
         hs, ws = self.coarse_hw
-        f_q, f_c = self._pair_pyramids(query.coarse, [c.coarse for c in candidates])
+        f_q, f_c = self._pair_pyramids(self._project(query.coarse), [self._project(c.coarse) for c in candidates])
         corresps = decoder(f_q, f_c, upsample=False, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
         low_res_logits = corresps[16]["certainty"]
         if self.fine_hw:
             hs, ws = self.fine_hw
-            f_q, f_c = self._pair_pyramids(query.fine, [c.fine for c in candidates])
+            f_q, f_c = self._pair_pyramids(self._project(query.fine), [self._project(c.fine) for c in candidates])
             corresps = decoder(
                 f_q, f_c, upsample=True, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1]
             )

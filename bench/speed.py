@@ -1,0 +1,161 @@
+"""Per-query cost of relocalizing against K keyframes: RoMa's demo loop against our pipeline.
+
+Naive (as RoMa's demo does, per keyframe): romatch ``match()`` on both images, then
+``sample()`` with its defaults (KDE-balanced), then the fundamental-matrix check.
+Ours: the query encoded once, keyframe DINOv2 features prepared at load time,
+candidates decoded in batches, our grid sampler, the same check.
+Same random weights, same images, one process; timings are medians of --repeat runs
+after a warm-up, printed with ratios. Random weights run the same arithmetic as real
+ones, so times and memory carry over; the match counts do not.
+
+    .venv/bin/python bench/speed.py                      # CPU: coarse 280, no upsampling
+    python3 bench/speed.py --coarse 560 --upsample 864   # GPU: RoMa's defaults
+    python3 bench/speed.py --gpu-table                   # GPU: resolution x precision table
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import measure  # noqa: E402
+
+from roma_ros.geometry import verify_fundamental  # noqa: E402
+from roma_ros.keyframes import Keyframe  # noqa: E402
+from roma_ros.matching.base import MatcherConfig  # noqa: E402
+from roma_ros.matching.device import resolve_device  # noqa: E402
+from roma_ros.matching.roma import RomaMatcher, build_roma  # noqa: E402
+from roma_ros.matching.sampling import normalized_to_pixels  # noqa: E402
+from roma_ros.pipeline import DecisionConfig, Relocalizer  # noqa: E402
+from roma_ros.testdata import PHOTO_NAMES, make_pair  # noqa: E402
+
+
+def scene(k: int) -> tuple[np.ndarray, list[Keyframe]]:
+    """A 480x640 query and k keyframes (real photos under strong viewpoint change)."""
+    query = make_pair("astronaut", seed=0).query
+    keyframes = [Keyframe(name=f"kf{i}", image_file=f"kf{i}.png",
+                          image=make_pair(PHOTO_NAMES[i % len(PHOTO_NAMES)], seed=i).candidate) for i in range(k)]
+    return query, keyframes
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def naive_pair(model, query: np.ndarray, keyframe: np.ndarray, decision: DecisionConfig) -> int:
+    """RoMa demo: match, sample with romatch's defaults, to pixels, F check."""
+    warp, certainty = model.match(Image.fromarray(query), Image.fromarray(keyframe))
+    matches, _ = model.sample(warp[0], certainty[0], num=10000)
+    kq = normalized_to_pixels(matches[:, :2].float(), *query.shape[:2]).cpu().numpy()
+    kc = normalized_to_pixels(matches[:, 2:].float(), *keyframe.shape[:2]).cpu().numpy()
+    return verify_fundamental(kq, kc, method=decision.method, threshold=decision.threshold).num_inliers
+
+
+def timed(fn, device: str, repeat: int) -> tuple[float, int]:
+    """Median seconds over ``repeat`` runs and the peak memory of the first."""
+    _, _, peak = measure(fn, device)
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), peak
+
+
+def config_for(args, device: str, upsample: int, precision: str) -> MatcherConfig:
+    return MatcherConfig(model="roma_outdoor", device=device, coarse_res=args.coarse, upsample_res=upsample,
+                         random_weights=True, precision=precision, batch_size=args.batch_size,
+                         num_samples=10000, symmetric=not args.one_way)
+
+
+def compare(args, device: str) -> None:
+    ks = [int(k) for k in args.ks.split(",")]
+    decision = DecisionConfig()
+    matcher = RomaMatcher(config_for(args, device, args.upsample, "auto"))
+    query, keyframes = scene(max(ks))
+    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
+          f"coarse {args.coarse}, upsample {args.upsample or 'off'}, "
+          f"precision {str(matcher.model.encoder.amp_dtype).replace('torch.', '')}, "
+          f"symmetric {not args.one_way}, batch {args.batch_size}, random weights")
+    naive_repeat = args.repeat if device.startswith("cuda") else 1
+    naive_s, naive_peak = timed(lambda: naive_pair(matcher.model, query, keyframes[0].image, decision),
+                                device, naive_repeat)
+    measured_naive = {1: naive_s}
+    if device.startswith("cuda"):
+        for k in ks[1:]:
+            measured_naive[k], _ = timed(
+                lambda k=k: [naive_pair(matcher.model, query, kf.image, decision) for kf in keyframes[:k]],
+                device, naive_repeat)
+    print(f"{'K':>3} {'naive s':>9} {'ours s':>8} {'(match':>7} {'verify)':>8} {'speed-up':>9} "
+          f"{'naive peak MB':>14} {'ours peak MB':>13}")
+    for k in ks:
+        reloc = Relocalizer(matcher, decision)
+        reloc.set_keyframes(keyframes[:k])
+        last = reloc.process(query)  # warm-up
+        ours_s, ours_peak = timed(lambda: reloc.process(query), device, args.repeat)
+        naive = measured_naive.get(k, naive_s * k)
+        note = "" if k in measured_naive else "  (naive extrapolated: K x measured pair)"
+        print(f"{k:>3} {naive:>9.2f} {ours_s:>8.2f} {last.timings['match']:>7.2f} {last.timings['verify']:>8.2f} "
+              f"{naive / ours_s:>8.1f}x {naive_peak / 2**20:>14.0f} {ours_peak / 2**20:>13.0f}{note}")
+
+
+def gpu_table(args, device: str) -> None:
+    """ms per query and peak GPU memory, K keyframes, at two resolutions and two precisions."""
+    k = max(int(v) for v in args.ks.split(","))
+    query, keyframes = scene(k)
+    print(f"{torch.cuda.get_device_name()}: K={k} keyframes per query, coarse {args.coarse}, batch {args.batch_size}")
+    print(f"{'upsample':>8} {'precision':>9} {'ms/query':>9} {'pairs/s':>8} {'peak MB':>8}")
+    reference = None
+    for precision in ("fp32", "auto"):
+        model = build_roma(config_for(args, device, 864, precision), device)
+        for upsample in (864, 0):
+            matcher = RomaMatcher(config_for(args, device, upsample, precision), model=model)
+            reloc = Relocalizer(matcher)
+            reloc.set_keyframes(keyframes)
+            reloc.process(query)
+            torch.cuda.empty_cache()
+            seconds, peak = timed(lambda: reloc.process(query), device, args.repeat)
+            name = str(model.encoder.amp_dtype).replace("torch.", "")
+            reference = reference or seconds
+            print(f"{upsample or 'off':>8} {name:>9} {1000 * seconds:>9.1f} {k / seconds:>8.1f} {peak / 2**20:>8.0f}"
+                  f"   ({reference / seconds:.2f}x the fp32/864 run)")
+        del model, matcher, reloc
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--coarse", type=int, default=None, help="default: 560 on GPU, 280 on CPU")
+    parser.add_argument("--upsample", type=int, default=None, help="default: 864 on GPU, 0 on CPU")
+    parser.add_argument("--ks", default="1,3,10")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--one-way", action="store_true")
+    parser.add_argument("--repeat", type=int, default=None, help="default: 5 on GPU, 1 on CPU")
+    parser.add_argument("--gpu-table", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    gpu = device.startswith("cuda")
+    args.coarse = args.coarse or (560 if gpu else 280)
+    args.upsample = (864 if gpu else 0) if args.upsample is None else args.upsample
+    args.repeat = args.repeat or (5 if gpu else 1)
+    if not gpu:
+        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    if args.gpu_table:
+        gpu_table(args, device)
+    else:
+        compare(args, device)
+
+
+if __name__ == "__main__":
+    main()
