@@ -28,6 +28,7 @@ setup(
             "match_node = roma_ros.node:main",
             "roma-match = roma_ros.cli:main",
             "roma-demo = roma_ros.demo:main",
+            "roma-keyframes = roma_ros.keyframes_cli:main",
         ],
     },
 )

@@ -75,7 +75,7 @@ def timed(fn, device: str, repeat: int) -> tuple[float, int]:
 def config_for(args, device: str, upsample: int, precision: str) -> MatcherConfig:
     return MatcherConfig(model="roma_outdoor", device=device, coarse_res=args.coarse, upsample_res=upsample,
                          random_weights=True, precision=precision, batch_size=args.batch_size,
-                         num_samples=10000, symmetric=not args.one_way)
+                         num_samples=10000, symmetric=not args.one_way, keep_vgg=args.keep_vgg)
 
 
 def compare(args, device: str) -> None:
@@ -86,7 +86,7 @@ def compare(args, device: str) -> None:
     print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
           f"coarse {args.coarse}, upsample {args.upsample or 'off'}, "
           f"precision {str(matcher.model.encoder.amp_dtype).replace('torch.', '')}, "
-          f"symmetric {not args.one_way}, batch {args.batch_size}, random weights")
+          f"symmetric {not args.one_way}, batch {args.batch_size}, keep_vgg {args.keep_vgg}, random weights")
     naive_repeat = args.repeat if device.startswith("cuda") else 1
     naive_s, naive_peak = timed(lambda: naive_pair(matcher.model, query, keyframes[0].image, decision),
                                 device, naive_repeat)
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--ks", default="1,3,10")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--one-way", action="store_true")
+    parser.add_argument("--keep-vgg", action="store_true", help="keep keyframes' decoder inputs in memory")
     parser.add_argument("--repeat", type=int, default=None, help="default: 5 on GPU, 1 on CPU")
     parser.add_argument("--gpu-table", action="store_true")
     args = parser.parse_args()

@@ -5,9 +5,14 @@ frame and camera intrinsics; images without an entry are keyframes too, named by
 their file stem. Order (the ``keyframe_index`` users see) is the YAML order, then
 the remaining image files sorted by name. Every write goes through a temp file and
 a rename, so a crash never leaves a half-written image or index.
+
+Hidden sub-folders belong to the tools: ``.cache/`` (feature_cache.py), ``.trash/``
+(images of a removal in progress) and ``.unreadable/`` (images ``check --repair``
+moved aside). ``roma-keyframes`` (keyframes_cli.py) is the command line for all this.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from dataclasses import dataclass, field
@@ -20,6 +25,9 @@ import yaml
 from roma_ros.imageio import ImageFileError, load_rgb, save_bytes, save_rgb
 
 INDEX_FILE = "keyframes.yaml"
+DEFAULT_DIR = "~/.ros/roma_ros/keyframes"  # the node's keyframes_dir when its parameter is empty
+CACHE_DIR = ".cache"  # = feature_cache.CACHE_DIR (not imported here: that module loads torch)
+TRASH_DIR = ".trash"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
 
@@ -43,6 +51,26 @@ class Keyframe:
         if self.added:
             entry["added"] = self.added
         return {**self.extra, **entry}
+
+
+class UnknownKeyframe(KeyError):
+    """No keyframe has the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass
+class RemovedKeyframe:
+    name: str
+    image_file: str
+    entry: dict[str, Any] | None  # its keyframes.yaml entry; None for an image without one
+    deleted: list[Path]  # the image (unless still used elsewhere) and its feature-cache files
+
+
+def entry_name(entry: dict[str, Any]) -> str:
+    """The name ``load`` gives an index entry."""
+    return str(entry.get("name") or Path(str(entry["image"])).stem)
 
 
 def _parse_pose(raw: Any, where: str) -> Pose | None:
@@ -117,14 +145,42 @@ class KeyframeStore:
                 pose=pose, intrinsics=entry.get("intrinsics"), added=entry.get("added"),
                 extra={k: v for k, v in entry.items() if k not in known},
             ))
-        for path in sorted(self.directory.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name in seen_files or path.name.startswith("."):
-                continue
+        for path in self.unindexed_images(seen_files):
             try:
                 keyframes.append(Keyframe(name=path.stem, image_file=path.name, image=load_rgb(path)))
             except ImageFileError as exc:
                 self.warnings.append(f"keyframe image skipped: {exc}")
         return keyframes
+
+    def unindexed_images(self, indexed: set[str]) -> list[Path]:
+        """Image files of the folder that no index entry names, sorted (their load order)."""
+        return [path for path in sorted(self.directory.iterdir())
+                if path.suffix.lower() in IMAGE_SUFFIXES and path.name not in indexed
+                and not path.name.startswith(".")]
+
+    def write_index(self, entries: list[Any]) -> None:
+        text = yaml.safe_dump({"keyframes": entries}, sort_keys=False)
+        save_bytes(self.index_path, text.encode())
+
+    def backup_unreadable_index(self) -> Path:
+        """Move an unreadable keyframes.yaml aside (for the user to repair) before writing a new one."""
+        now = dt.datetime.now(dt.timezone.utc)
+        backup = self.index_path.with_name(f"{INDEX_FILE}.unreadable-{now:%Y%m%d%H%M%S}")
+        self.index_path.replace(backup)
+        self._index_unreadable = False
+        return backup
+
+    def own_file(self, image_file: str) -> Path | None:
+        """``image_file`` as a path inside the store folder; None when it points outside."""
+        path = self.directory / image_file
+        root, parent = self.directory.resolve(), path.parent.resolve()
+        return path if parent == root or root in parent.parents else None
+
+    def cache_files(self, image_file: str) -> list[Path]:
+        """Feature-cache files of ``image_file``, one per cache key (model, resolution...)."""
+        cache = self.directory / CACHE_DIR
+        folders = sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []
+        return [f for f in (folder / f"{image_file}.pt" for folder in folders) if f.is_file()]
 
     def _unique_name(self, wanted: str, taken: set[str]) -> str:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", wanted).strip("._") or "keyframe"
@@ -139,7 +195,8 @@ class KeyframeStore:
         """Store ``image`` as a new keyframe after ``existing`` (the current load order).
 
         The image file is written first, then the index; a crash in between leaves an
-        extra image that the next load still finds as a keyframe.
+        extra image that the next load still finds as a keyframe. Index entries are kept
+        as written, including ones that cannot be loaded at the moment.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.timezone.utc)
@@ -147,11 +204,79 @@ class KeyframeStore:
         keyframe = Keyframe(name=name, image_file=f"{name}.png", image=image, pose=pose,
                             added=now.isoformat(timespec="seconds"))
         save_rgb(self.directory / keyframe.image_file, image)
+        raw = self._read_index()
         if self._index_unreadable and self.index_path.exists():
-            # Keep the user's broken index for repair instead of overwriting it.
-            self.index_path.replace(self.index_path.with_name(f"{INDEX_FILE}.unreadable-{now:%Y%m%d%H%M%S}"))
-            self._index_unreadable = False
-        entries = [k.to_entry() for k in existing] + [keyframe.to_entry()]
-        text = yaml.safe_dump({"keyframes": entries}, sort_keys=False)
-        save_bytes(self.index_path, text.encode())
+            self.backup_unreadable_index()  # keep the user's broken index for repair
+            raw = []
+        # Entries that could not be loaded right now (image missing, bad pose) stay listed.
+        indexed = {str(e["image"]) for e in raw if isinstance(e, dict) and "image" in e}
+        unindexed = [k.to_entry() for k in existing if k.image_file not in indexed]
+        self.write_index(raw + unindexed + [keyframe.to_entry()])
         return keyframe
+
+    def remove(self, name: str) -> RemovedKeyframe:
+        """Remove keyframe ``name``: its index entry, its image file and its cached features.
+
+        The index rewrite is the commit point, and the order makes every crash safe:
+        1. the image is renamed into ``.trash/`` (atomic);
+        2. keyframes.yaml is rewritten without the entry (atomic): the removal is done;
+        3. the trashed image and the cache files are deleted.
+        If step 2 fails the image is renamed back and the store is exactly as before. A
+        crash between 1 and 2 leaves an entry whose image is in ``.trash/``: ``load`` skips
+        it with a warning and ``check(repair=True)`` puts the image back (the index still
+        lists it, so the removal never happened). A crash after 2 leaves only files that
+        ``check`` reports and deletes. Deleting the image first would lose it if the index
+        write failed; deleting it last would let a crash bring it back as an unnamed,
+        pose-less keyframe. An image still used by another entry, or lying outside the
+        store folder, is left in place.
+        """
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"keyframe store '{self.directory}' does not exist")
+        self.warnings = []
+        entries = self._read_index()
+        if self._index_unreadable:
+            raise ValueError(f"{self.index_path} is unreadable: run `roma-keyframes check --repair` first")
+        valid = [i for i, e in enumerate(entries) if isinstance(e, dict) and "image" in e]
+        indexed = {str(entries[i]["image"]) for i in valid}
+        hits = [(i, str(entries[i]["image"])) for i in valid if entry_name(entries[i]) == name]
+        hits += [(None, p.name) for p in self.unindexed_images(indexed) if p.stem == name]
+        if not hits:
+            raise UnknownKeyframe(f"no keyframe named '{name}' in store '{self.directory}'")
+        if len(hits) > 1:
+            raise ValueError(f"{len(hits)} keyframes are named '{name}' in store '{self.directory}': "
+                             "run `roma-keyframes check --repair` to rename duplicates")
+        number, image_file = hits[0]
+        rest = entries if number is None else entries[:number] + entries[number + 1:]
+        shared = any(isinstance(e, dict) and str(e.get("image")) == image_file for e in rest)
+        path = None if shared else self.own_file(image_file)
+        trashed = None
+        if path is not None and path.is_file():
+            trashed = self.directory / TRASH_DIR / image_file
+            trashed.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(trashed)
+        if number is not None:
+            try:
+                self.write_index(rest)
+            except BaseException:
+                if trashed is not None:
+                    trashed.replace(path)
+                raise
+        deleted: list[Path] = []
+        if trashed is not None:
+            trashed.unlink()
+            deleted.append(path)
+            with contextlib.suppress(OSError):  # tidy up, but only while empty
+                for folder in list(trashed.relative_to(self.directory).parents)[:-1]:
+                    (self.directory / folder).rmdir()
+        if not shared:
+            for cache_file in self.cache_files(image_file):
+                cache_file.unlink(missing_ok=True)
+                deleted.append(cache_file)
+        return RemovedKeyframe(name, image_file, None if number is None else entries[number], deleted)
+
+    def check(self, repair: bool = False) -> list[str]:
+        """Problems of the store, one line each; with ``repair`` each line also says what was
+        done. See keyframes_check.py; user images are never deleted."""
+        from roma_ros.keyframes_check import check_store
+
+        return check_store(self, repair)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roma_ros.keyframes import DEFAULT_DIR
 from roma_ros.matching.base import MatcherConfig
 from roma_ros.pipeline import DecisionConfig
 
@@ -36,6 +37,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("sampler", "grid", "grid: fast balanced sampler; romatch: romatch's KDE sampler (slow on CPU)",
               choices=("grid", "romatch")),
     ParamSpec("batch_size", 8, "keyframes decoded together on the GPU (memory bound)"),
+    ParamSpec("keep_vgg", False, "RoMa: keep each keyframe's projected VGG decoder inputs (faster queries; "
+              "~65 MB per keyframe at 560, ~210 MB with upsample 864)"),
     ParamSpec("warmup", True, "run one match at start-up so the first query is not slow"),
     ParamSpec("keyframes_dir", "", "keyframe folder (images + optional keyframes.yaml); empty: ~/.ros/roma_ros/keyframes"),
     ParamSpec("frame_id", "map", "frame of keyframe poses, the ~/keyframes PoseArray and ~/markers"),
@@ -49,6 +52,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ransac.confidence", 0.999999, "RANSAC confidence, strictly between 0 and 1", live=True),
     ParamSpec("ransac.max_iters", 10000, "RANSAC iterations", live=True),
     ParamSpec("min_inliers", 50, "accept the best keyframe only with at least this many inliers", live=True),
+    ParamSpec("min_overlap", 0.0, "RoMa: accept only when the dense warp's mean certainty (overlap estimate) is at "
+              "least this; 0 = off", live=True),
+    ParamSpec("top_k", 5, "keyframes verified per query, chosen by DINOv2 global-descriptor similarity; "
+              "0 = all (models without descriptors always use all)", live=True),
     ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
@@ -72,7 +79,7 @@ def matcher_config(values: dict[str, Any]) -> MatcherConfig:
         model=values["model"], weights=values["weights"], dinov2_weights=values["dinov2_weights"],
         device=values["device"], coarse_res=values["coarse_res"], upsample_res=values["upsample_res"],
         symmetric=values["symmetric"], num_samples=values["num_samples"], sampler=values["sampler"],
-        batch_size=values["batch_size"], allow_download=values["allow_download"],
+        batch_size=values["batch_size"], keep_vgg=values["keep_vgg"], allow_download=values["allow_download"],
         random_weights=values["random_weights"],
     )
     config.validate()
@@ -83,11 +90,12 @@ def decision_config(values: dict[str, Any]) -> DecisionConfig:
     config = DecisionConfig(
         method=values["ransac.method"], threshold=float(values["ransac.threshold"]),
         confidence=float(values["ransac.confidence"]), max_iters=int(values["ransac.max_iters"]),
-        min_inliers=int(values["min_inliers"]),
+        min_inliers=int(values["min_inliers"]), min_overlap=float(values["min_overlap"]),
+        top_k=int(values["top_k"]),
     )
     config.validate()
     return config
 
 
 def keyframes_dir(values: dict[str, Any]) -> Path:
-    return Path(values["keyframes_dir"] or "~/.ros/roma_ros/keyframes").expanduser()
+    return Path(values["keyframes_dir"] or DEFAULT_DIR).expanduser()

@@ -27,11 +27,17 @@ class DecisionConfig:
     confidence: float = 0.999999
     max_iters: int = 10000
     min_inliers: int = 50
+    min_overlap: float = 0.0  # RoMa's mean certainty of the dense warp; 0 = not used
+    top_k: int = 5  # keyframes verified per query, by global-descriptor similarity; 0 = all
 
     def validate(self) -> None:
         check_ransac_config(self.method, self.threshold, self.confidence, self.max_iters)
         if self.min_inliers < 0:
             raise ValueError(f"min_inliers={self.min_inliers} must be >= 0")
+        if not 0.0 <= self.min_overlap <= 1.0:
+            raise ValueError(f"min_overlap={self.min_overlap} must lie in [0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = all keyframes)")
 
 
 @dataclass
@@ -39,10 +45,30 @@ class CandidateResult:
     index: int  # position in the keyframe list (keyframe_index)
     matches: Matches
     verification: Verification
+    similarity: float | None = None  # global-descriptor cosine similarity (shortlist)
 
     @property
     def inliers(self) -> int:
         return self.verification.num_inliers if self.verification.verified else 0
+
+    @property
+    def score(self) -> float:
+        """Inliers weighted by RoMa's overlap estimate: a smooth but wrong warp can fit a
+        fundamental matrix with many inliers, yet its certainty stays low."""
+        overlap = self.matches.overlap
+        return self.inliers * (1.0 if overlap is None else overlap)
+
+
+def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: int) -> tuple[list[int], list]:
+    """Indices of the top_k keyframes by cosine similarity (all, in order, without descriptors)."""
+    if descriptors is None or query is None or len(descriptors) == 0:
+        count = len(descriptors) if descriptors is not None else 0
+        return list(range(count)), [None] * count
+    similarity = descriptors @ query
+    order = np.argsort(-similarity, kind="stable")
+    if top_k:
+        order = order[:top_k]
+    return order.tolist(), similarity[order].tolist()
 
 
 @dataclass
@@ -72,6 +98,7 @@ class Relocalizer:
         self.keyframes: list[Keyframe] = []
         self._prepared: list[Any] = []
         self.cache: FeatureCache | None = None
+        self._descriptors_matrix: np.ndarray | None = None
         self._lock = threading.Lock()  # guards the lists
         self._compute = threading.Lock()  # one model call at a time (queries vs. keyframe additions)
 
@@ -80,20 +107,34 @@ class Relocalizer:
             return self.matcher.prepare(keyframe.image)
         return self.cache.prepare(self.matcher, keyframe.image_file, keyframe.image)
 
+    def _descriptors(self, prepared: list[Any]) -> np.ndarray | None:
+        described = [self.matcher.describe(p) for p in prepared]
+        if not described or any(d is None for d in described):
+            return None
+        return np.stack(described).astype(np.float32)
+
     def set_keyframes(self, keyframes: list[Keyframe], cache: FeatureCache | None = None) -> None:
         """Use these keyframes; with a cache, features come from disk where possible."""
         with self._compute:
             self.cache = cache
             prepared = [self._prepare(k) for k in keyframes]
+            descriptors = self._descriptors(prepared)
         with self._lock:
-            self.keyframes, self._prepared = list(keyframes), prepared
+            self.keyframes, self._prepared, self._descriptors_matrix = list(keyframes), prepared, descriptors
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
         with self._compute:
             prepared = self._prepare(keyframe)
+            descriptor = self.matcher.describe(prepared)
         with self._lock:
             self.keyframes.append(keyframe)
             self._prepared.append(prepared)
+            if descriptor is None or (self._descriptors_matrix is None and len(self.keyframes) > 1):
+                self._descriptors_matrix = None
+            elif self._descriptors_matrix is None:
+                self._descriptors_matrix = descriptor[None].astype(np.float32)
+            else:
+                self._descriptors_matrix = np.vstack([self._descriptors_matrix, descriptor[None]])
             return len(self.keyframes) - 1
 
     def set_decision(self, decision: DecisionConfig) -> None:
@@ -103,23 +144,44 @@ class Relocalizer:
     def process(self, query: np.ndarray) -> QueryResult:
         with self._lock:
             keyframes, prepared, decision = list(self.keyframes), list(self._prepared), self.decision
+            descriptors = self._descriptors_matrix
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
         start = time.perf_counter()
         with self._compute:
-            all_matches = self.matcher.match_prepared(query, prepared)
-        timings["match"] = time.perf_counter() - start
+            query_prepared = self.matcher.prepare(query)
+            timings["encode"] = time.perf_counter() - start
+            start = time.perf_counter()
+            indices, similarities = shortlist(
+                descriptors if descriptors is not None else np.zeros((len(keyframes), 0)),
+                None if descriptors is None else self.matcher.describe(query_prepared), decision.top_k)
+            timings["shortlist"] = time.perf_counter() - start
+            start = time.perf_counter()
+            all_matches = self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices])
+            timings["match"] = time.perf_counter() - start
         start = time.perf_counter()
         candidates = [
             CandidateResult(i, m, verify_fundamental(
                 m.kpts_query, m.kpts_candidate, method=decision.method, threshold=decision.threshold,
-                confidence=decision.confidence, max_iters=decision.max_iters))
-            for i, m in enumerate(all_matches)
+                confidence=decision.confidence, max_iters=decision.max_iters), sim)
+            for i, sim, m in zip(indices, similarities, all_matches)
         ]
         timings["verify"] = time.perf_counter() - start
-        best = max(candidates, key=lambda c: c.inliers)
-        if best.inliers >= max(decision.min_inliers, 1):
+        best = max(candidates, key=lambda c: (c.score, c.inliers))
+        why = decide(best, decision)
+        if not why:
             return QueryResult(candidates, best, True, "", timings)
-        why = best.verification.reason or f"{best.inliers} inliers < min_inliers {decision.min_inliers}"
         return QueryResult(candidates, best, False, f"best keyframe '{keyframes[best.index].name}': {why}", timings)
+
+
+def decide(best: CandidateResult, decision: DecisionConfig) -> str:
+    """Why the best candidate is not accepted; "" when it is."""
+    if not best.verification.verified:
+        return best.verification.reason
+    if best.inliers < max(decision.min_inliers, 1):
+        return f"{best.inliers} inliers < min_inliers {decision.min_inliers}"
+    overlap = best.matches.overlap
+    if overlap is not None and overlap < decision.min_overlap:
+        return f"overlap {overlap:.3f} < min_overlap {decision.min_overlap}"
+    return ""

@@ -101,8 +101,20 @@ def test_keyframe_bytes_reported(roma_model, keyframes):
     matcher = RomaMatcher(roma_config(), model=roma_model)
     state = matcher.export_prepared(matcher.prepare(keyframes[0].image))
     assert set(state) == {"dino"}  # VGG pyramids are recomputed, not cached, by default
-    full = RomaMatcher(roma_config(keep_vgg=True), model=roma_model)
-    assert set(full.export_prepared(full.prepare(keyframes[0].image))) >= {"dino", "coarse_1", "coarse_8"}
+    full = RomaMatcher(roma_config(keep_vgg=True, upsample_res=224), model=roma_model)
+    prepared = full.prepare(keyframes[0].image)
+    state = full.export_prepared(prepared)
+    assert set(state) >= {"dino", "ready_coarse_1", "ready_coarse_16", "ready_fine_1", "ready_fine_8"}
+    assert state["ready_coarse_1"].shape[1] == 9  # projected: 64 VGG channels -> 9
+    # Kept decoder inputs give the same warps as computing them per query.
+    lazy = RomaMatcher(roma_config(upsample_res=224), model=roma_model)
+    query = lazy.encode(keyframes[1].image)
+    a = full.decode(query, [prepared])[0]
+    b = lazy.decode(query, [lazy.prepare(keyframes[0].image)])[0]
+    torch.testing.assert_close(a.warp, b.warp, atol=1e-4, rtol=0)
+    # And they survive the disk cache.
+    restored = full.import_prepared(keyframes[0].image, state)
+    torch.testing.assert_close(full.decode(query, [restored])[0].warp, a.warp, atol=1e-5, rtol=0)
 
 
 def test_classical_has_no_disk_cache(tmp_path):

@@ -89,3 +89,26 @@ def test_names_stay_unique(tmp_path):
     a = store.add(image(1), [], name="place")
     b = store.add(image(2), store.load(), name="place")
     assert (a.name, b.name) == ("place", "place_2")
+
+
+def test_add_keeps_entries_that_cannot_load_right_now(tmp_path):
+    save_rgb(tmp_path / "a.png", image(1))
+    save_rgb(tmp_path / "loose.png", image(3))
+    (tmp_path / "keyframes.yaml").write_text(yaml.safe_dump({"keyframes": [
+        {"name": "a", "image": "a.png", "note": "kept"},
+        {"name": "on_usb_stick", "image": "b.png", "pose": {"position": [1, 2, 3]}},
+    ]}))
+    store = KeyframeStore(tmp_path)
+    existing = store.load()
+    assert [k.name for k in existing] == ["a", "loose"]
+    store.add(image(9), existing, name="new")
+    entries = yaml.safe_load((tmp_path / "keyframes.yaml").read_text())["keyframes"]
+    assert [e["name"] for e in entries] == ["a", "on_usb_stick", "loose", "new"]
+    assert entries[0]["note"] == "kept" and entries[1]["pose"]["position"] == [1, 2, 3]
+    assert [k.name for k in KeyframeStore(tmp_path).load()] == ["a", "loose", "new"]
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new.png").stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600

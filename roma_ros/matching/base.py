@@ -71,7 +71,7 @@ class MatcherConfig:
     sample_thresh: float = 0.05  # certainty above which all matches count as equally good
     sampler: str = "grid"  # grid (fast, ours) | romatch (romatch's KDE-balanced sampler)
     batch_size: int = 8  # keyframes decoded together (bounded by GPU memory)
-    keep_vgg: bool = False  # cache keyframes' VGG pyramids too (~150 MB each at 560): faster, much larger
+    keep_vgg: bool = False  # keep keyframes' projected VGG decoder inputs: faster queries, ~65 MB+ per keyframe
     seed: int | None = 0  # sampling seed per pair (reproducible results); None: random
     resize_to_model: bool = False  # RoMa demo habit: report pixels of images resized to the output res
     allow_download: bool = True  # fetch missing weights from the official URLs
@@ -115,9 +115,9 @@ def check_rgb_image(image: np.ndarray, what: str) -> None:
 class Matcher(Protocol):
     """The interface the pipeline, CLI and node use.
 
-    ``prepare`` computes what a keyframe contributes to every match (RoMa: DINOv2
-    features; SIFT: keypoints and descriptors) so stores can keep it and each query
-    only pays for itself; ``match_prepared`` matches one query against many of them.
+    ``prepare`` computes what an image contributes to every match (RoMa: DINOv2
+    features; SIFT: keypoints and descriptors), once per keyframe and once per query;
+    ``match_prepared`` matches a prepared query against many prepared keyframes.
     """
 
     name: str
@@ -127,8 +127,12 @@ class Matcher(Protocol):
         """Per-keyframe work, done once."""
         ...
 
-    def match_prepared(self, query: np.ndarray, candidates: Sequence[Any]) -> list[Matches]:
-        """Match an RGB uint8 query against prepared candidates, one Matches each."""
+    def match_prepared(self, query: Any, candidates: Sequence[Any]) -> list[Matches]:
+        """Match a prepared query against prepared candidates, one Matches each."""
+        ...
+
+    def describe(self, prepared: Any) -> np.ndarray | None:
+        """A unit-length global descriptor for the shortlist, or None (no shortlist)."""
         ...
 
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:

@@ -55,12 +55,15 @@ class ClassicalMatcher:
         """Match two RGB uint8 images; certainty is 1 - d1/d2 of the ratio test, best first."""
         check_rgb_image(query_rgb, "query image")
         check_rgb_image(candidate_rgb, "candidate image")
-        return self.match_prepared(query_rgb, [self.prepare(candidate_rgb)])[0]
+        return self.match_prepared(self.prepare(query_rgb), [self.prepare(candidate_rgb)])[0]
 
-    def match_prepared(self, query_rgb: np.ndarray, candidates: Sequence[SiftFeatures]) -> list[Matches]:
-        """Match a query against prepared candidates (query features detected once)."""
-        query = self.prepare(query_rgb)
+    def match_prepared(self, query: SiftFeatures, candidates: Sequence[SiftFeatures]) -> list[Matches]:
+        """Match prepared query features against prepared candidates."""
         return [self._match_features(query, c) for c in candidates]
+
+    def describe(self, prepared: SiftFeatures) -> None:
+        """No global descriptor: every keyframe is a candidate."""
+        return None
 
     def _match_features(self, query: SiftFeatures, candidate: SiftFeatures) -> Matches:
         """Each (query point, candidate point) pair appears once."""

@@ -53,6 +53,8 @@ class EncodedImage:
     image_fine: torch.Tensor | None
     coarse: dict[int, torch.Tensor]
     fine: dict[int, torch.Tensor] | None
+    # Decoder-ready (projected) coarse and fine pyramids, kept for keyframes with keep_vgg.
+    ready: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor] | None] | None = None
 
     @property
     def dino(self) -> torch.Tensor:
@@ -102,6 +104,12 @@ def attenuation(low_res_logits: torch.Tensor, hs: int, ws: int) -> torch.Tensor:
     upsampled, is subtracted from the final logits (RegressionMatcher.match)."""
     up = F.interpolate(low_res_logits, size=(hs, ws), align_corners=False, mode="bilinear")
     return 0.5 * up * (up < 0)
+
+
+def gem_descriptor(features: torch.Tensor, p: float = 3.0) -> np.ndarray:
+    """(1, C, h, w) feature map -> (C,) unit vector (GeM pooling: between mean and max)."""
+    pooled = features.float().clamp(min=1e-6).pow(p).mean(dim=(-2, -1)).pow(1.0 / p).reshape(-1)
+    return F.normalize(pooled, dim=0).cpu().numpy()
 
 
 def projection_free(decoder: nn.Module) -> nn.Module:
@@ -211,20 +219,28 @@ class RomaMatcher:
         return f_q, f_c
 
     @torch.inference_mode()
+    def decoder_inputs(self, encoded: EncodedImage) -> tuple[dict, dict | None]:
+        """Projected pyramids the decoder consumes: kept ones, or VGG + projection now."""
+        if encoded.ready is not None:
+            return encoded.ready
+        full = self.completed(encoded)
+        return self._project(full.coarse), (self._project(full.fine) if full.fine is not None else None)
+
+    @torch.inference_mode()
     def decode(self, query: EncodedImage, candidates: list[EncodedImage]) -> list[DenseWarp]:
         """Dense warps of ``query`` against each candidate, decoded as one batch."""
         if not candidates:
             return []
-        query = self.completed(query)
-        candidates = [self.completed(c) for c in candidates]
+        q_coarse, q_fine = self.decoder_inputs(query)
+        c_inputs = [self.decoder_inputs(c) for c in candidates]
         decoder = self._decoder
         hs, ws = self.coarse_hw
-        f_q, f_c = self._pair_pyramids(self._project(query.coarse), [self._project(c.coarse) for c in candidates])
+        f_q, f_c = self._pair_pyramids(q_coarse, [c for c, _ in c_inputs])
         corresps = decoder(f_q, f_c, upsample=False, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
         low_res_logits = corresps[16]["certainty"]
         if self.fine_hw:
             hs, ws = self.fine_hw
-            f_q, f_c = self._pair_pyramids(self._project(query.fine), [self._project(c.fine) for c in candidates])
+            f_q, f_c = self._pair_pyramids(q_fine, [f for _, f in c_inputs])
             corresps = decoder(
                 f_q, f_c, upsample=True, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1]
             )
@@ -281,8 +297,13 @@ class RomaMatcher:
         return original_hw
 
     def prepare(self, rgb: np.ndarray) -> EncodedImage:
-        """A keyframe's cached part: DINOv2 features (VGG too with ``keep_vgg``)."""
-        return self.encode(rgb, with_vgg=self.config.keep_vgg)
+        """A keyframe's kept part: DINOv2 features; with ``keep_vgg`` also the projected
+        decoder inputs, which skip VGG and the projections per query at a memory cost
+        (about 65 MB per keyframe at 560 in fp32, plus 145 MB with upsampling at 864)."""
+        encoded = self.encode(rgb, with_vgg=False)
+        if self.config.keep_vgg:
+            encoded.ready = self.decoder_inputs(encoded)
+        return encoded
 
     def cache_key(self) -> str:
         """Folder name for cached keyframe features: everything they depend on."""
@@ -290,7 +311,7 @@ class RomaMatcher:
         dtype = str(self.model.encoder.amp_dtype).replace("torch.", "")
         parts = [cfg.model, f"c{cfg.coarse_res}", dtype]
         if cfg.keep_vgg:
-            parts.append(f"vgg-u{cfg.upsample_res}")
+            parts.append(f"ready-u{cfg.upsample_res}")
         if cfg.random_weights:
             identity = "random-weights-seed0"
         else:
@@ -304,9 +325,10 @@ class RomaMatcher:
     def export_prepared(self, encoded: EncodedImage) -> dict[str, torch.Tensor]:
         """The cacheable part of a prepared keyframe, on the CPU."""
         state = {"dino": encoded.dino.cpu()}
-        if 1 in encoded.coarse:
-            state.update({f"coarse_{s}": t.cpu() for s, t in encoded.coarse.items() if s != 16})
-            state.update({f"fine_{s}": t.cpu() for s, t in (encoded.fine or {}).items()})
+        if encoded.ready is not None:
+            coarse, fine = encoded.ready
+            state.update({f"ready_coarse_{s}": t.cpu() for s, t in coarse.items()})
+            state.update({f"ready_fine_{s}": t.cpu() for s, t in (fine or {}).items()})
         return state
 
     def import_prepared(self, rgb: np.ndarray, state: dict[str, torch.Tensor]) -> EncodedImage:
@@ -318,27 +340,38 @@ class RomaMatcher:
         expected = (1, 1024, self.coarse_hw[0] // 14, self.coarse_hw[1] // 14)
         if tuple(state["dino"].shape) != expected:
             raise ValueError(f"cached DINOv2 features have shape {tuple(state['dino'].shape)}, expected {expected}")
-        coarse = {16: state["dino"].to(self.device)}
-        coarse.update({int(k.split("_")[1]): v.to(self.device) for k, v in state.items() if k.startswith("coarse_")})
-        fine = {int(k.split("_")[1]): v.to(self.device) for k, v in state.items() if k.startswith("fine_")} or None
         fine_in = self._normalized(image, self.fine_hw) if self.fine_hw else None
-        return EncodedImage(rgb.shape[:2], coarse_in, fine_in, coarse, fine)
+        encoded = EncodedImage(rgb.shape[:2], coarse_in, fine_in, {16: state["dino"].to(self.device)}, None)
+        if self.config.keep_vgg:
 
-    def match_prepared(self, query: np.ndarray, candidates: Sequence[EncodedImage]) -> list[Matches]:
-        """Encode the query once and decode it against the candidates in batches."""
-        q = self.encode(query)
-        out_q = self.output_hw(query.shape[:2])
+            def pyramid(prefix: str) -> dict[int, torch.Tensor]:
+                return {int(k.rsplit("_", 1)[1]): v.to(self.device) for k, v in state.items() if k.startswith(prefix)}
+
+            coarse = pyramid("ready_coarse_")
+            if not coarse:
+                raise ValueError("cache holds no decoder inputs although keep_vgg is on")
+            encoded.ready = (coarse, pyramid("ready_fine_") or None)
+        return encoded
+
+    def describe(self, encoded: EncodedImage) -> np.ndarray:
+        """Global descriptor for the shortlist from the DINOv2 features the matcher computes
+        anyway: generalized-mean (p=3) pooling of the patch tokens, L2-normalized."""
+        return gem_descriptor(encoded.dino)
+
+    def match_prepared(self, query: EncodedImage, candidates: Sequence[EncodedImage]) -> list[Matches]:
+        """Decode the (once-encoded) query against the candidates in batches."""
+        out_q = self.output_hw(query.size)
         results: list[Matches] = []
         step = self.config.batch_size
         for start in range(0, len(candidates), step):
             chunk = list(candidates[start:start + step])
-            for dense, cand in zip(self.decode(q, chunk), chunk):
+            for dense, cand in zip(self.decode(query, chunk), chunk):
                 results.append(self.sample(dense, out_q, self.output_hw(cand.size)))
         return results
 
     def match_many(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
         """Match one query against several candidate images."""
-        return self.match_prepared(query, [self.prepare(c) for c in candidates])
+        return self.match_prepared(self.prepare(query), [self.prepare(c) for c in candidates])
 
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
         return self.match_many(query, [candidate])[0]

@@ -64,6 +64,10 @@ class TinyRomaMatcher:
     def match_prepared(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
         return [self.match(query, c) for c in candidates]
 
+    def describe(self, prepared: np.ndarray) -> None:
+        """No global descriptor: Tiny RoMa has no DINOv2 features, so no shortlist."""
+        return None
+
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
         check_rgb_image(query, "query image")
         check_rgb_image(candidate, "candidate image")

@@ -1,0 +1,124 @@
+"""Consistency check and repair of a keyframe store (``KeyframeStore.check``).
+
+Finds what crashes, hand edits and removed images leave behind: temp files of
+interrupted writes, an unreadable keyframes.yaml, images of an interrupted removal
+in ``.trash/``, index entries that are malformed, point at missing or unreadable
+images or carry a bad pose, unreadable image files, duplicate names, and cached
+features of images that are gone. Repair never deletes a user's image: entries are
+dropped or fixed, unreadable images are moved to ``.unreadable/``, a broken index is
+kept as a backup. Repair writes files, so run it while no node adds keyframes.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from roma_ros.imageio import ImageFileError, load_rgb
+from roma_ros.keyframes import CACHE_DIR, TRASH_DIR, _parse_pose, entry_name
+
+if TYPE_CHECKING:
+    from roma_ros.keyframes import KeyframeStore
+
+UNREADABLE_DIR = ".unreadable"
+
+
+def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
+    """One line per problem; with ``repair`` each line ends with ``-> what was done``."""
+    root = store.directory
+    if not root.is_dir():
+        raise FileNotFoundError(f"keyframe store '{root}' does not exist")
+    report: list[str] = []
+
+    def found(problem: str, fix: Callable[[], str]) -> None:
+        report.append(f"{problem} -> {fix()}" if repair else problem)
+
+    def move_aside(path: Path, folder: str) -> str:
+        target = root / folder / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+        return f"moved to {target.relative_to(root)}"
+
+    def delete(path: Path) -> str:
+        path.unlink(missing_ok=True)
+        return "deleted"
+
+    cache_folders = sorted(p for p in (root / CACHE_DIR).glob("*") if p.is_dir())
+    for folder in [root, *cache_folders]:
+        for tmp in sorted(folder.glob(".*.tmp")):
+            found(f"leftover temp file {tmp.relative_to(root)} (an interrupted write)", lambda t=tmp: delete(t))
+
+    store.warnings = []
+    entries: list[Any] = store._read_index()
+    original = copy.deepcopy(entries)
+    index_broken = store._index_unreadable
+    if index_broken:
+        found(store.warnings[0], lambda: "kept as " + store.backup_unreadable_index().name)
+    listed = {str(e["image"]) for e in entries if isinstance(e, dict) and "image" in e}
+
+    trash = root / TRASH_DIR
+    for path in sorted(p for p in trash.rglob("*") if p.is_file()):
+        image_file = path.relative_to(trash).as_posix()
+        if (image_file in listed or index_broken) and not (root / image_file).exists():
+            found(f"image {image_file} is in {TRASH_DIR}/ but still listed (interrupted removal)",
+                  lambda p=path, f=image_file: (p.replace(root / f), "put back")[1])
+        else:
+            found(f"{TRASH_DIR}/{image_file} is left over from a removal", lambda p=path: delete(p))
+
+    kept: list[dict[str, Any]] = []
+    for number, entry in enumerate(entries):
+        where = f"{store.index_path.name} entry {number}"
+        if not isinstance(entry, dict) or "image" not in entry:
+            found(f"{where}: needs at least 'image'", lambda: "entry dropped")
+            continue
+        where += f" '{entry_name(entry)}'"
+        try:
+            load_rgb(root / str(entry["image"]))
+        except ImageFileError as exc:
+            found(f"{where}: {exc}", lambda: "entry dropped (image file kept)")
+            continue
+        try:
+            _parse_pose(entry.get("pose"), where)
+        except ValueError as exc:
+            entry = {k: v for k, v in entry.items() if k != "pose"} | {"invalid_pose": entry["pose"]}
+            found(str(exc), lambda: "pose moved to 'invalid_pose'")
+        kept.append(entry)
+
+    indexed = {str(e["image"]) for e in kept} if repair else listed
+    unindexed = []
+    for path in store.unindexed_images(indexed):
+        try:
+            load_rgb(path)
+            unindexed.append({"name": path.stem, "image": path.name})
+        except ImageFileError as exc:
+            found(str(exc), lambda p=path: move_aside(p, UNREADABLE_DIR))
+
+    # Duplicate names, in load order; later ones are renamed. An image without an entry
+    # gets one, and then all such images do, so that the order stays as it was.
+    items = [(e, True) for e in kept] + [(e, False) for e in unindexed]
+    taken: set[str] = set()
+    list_all = index_broken
+    for entry, in_index in items:
+        name = entry_name(entry)
+        if name in taken:
+            def rename(entry: dict[str, Any] = entry) -> str:
+                entry["name"] = store._unique_name(name, taken | {entry_name(e) for e, _ in items})
+                return f"renamed to '{entry['name']}'"
+
+            found(f"duplicate name '{name}' ({entry['image']})", rename)
+            list_all = list_all or not in_index
+        taken.add(entry_name(entry))
+
+    if repair:
+        new_entries = [e for e, in_index in items if in_index or list_all]
+        if new_entries != original or index_broken:
+            store.write_index(new_entries)
+            report.append(f"wrote {store.index_path.name} with {len(new_entries)} entries")
+
+    for folder in cache_folders:
+        for path in sorted(folder.rglob("*.pt")):
+            image_file = path.relative_to(folder).as_posix()[: -len(".pt")]
+            if not (root / image_file).is_file():
+                found(f"orphan cache file {path.relative_to(root)} (its image is gone)", lambda p=path: delete(p))
+    return report

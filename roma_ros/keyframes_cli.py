@@ -1,0 +1,182 @@
+"""`roma-keyframes`: add, list, remove and check keyframes, and build their feature cache.
+
+Works on the same folder and through the same code (KeyframeStore, FeatureCache)
+as the node; after changing a running node's folder, call its ~/reload_keyframes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from roma_ros.keyframes import DEFAULT_DIR, Keyframe, KeyframeStore, _parse_pose
+
+PROG = "roma-keyframes"
+
+
+class CommandError(Exception):
+    """A user error: reported as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from roma_ros.matching.base import MODEL_NAMES
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", default=DEFAULT_DIR,
+                        help=f"keyframe folder (default: {DEFAULT_DIR}, the node's default keyframes_dir)")
+    p = argparse.ArgumentParser(prog=PROG, description="Manage the keyframe folder that match_node reads.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add = sub.add_parser("add", parents=[common], help="copy images into the store as keyframes")
+    add.add_argument("images", nargs="+", metavar="IMAGE")
+    add.add_argument("--name", help="keyframe name (one image only; default: the file's stem)")
+    add.add_argument("--pose", nargs=7, type=float, metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+                     help="pose in the map frame (one image only)")
+
+    sub.add_parser("list", parents=[common], help="table of the keyframes in load order")
+    remove = sub.add_parser("remove", parents=[common], help="delete a keyframe, its image and cached features")
+    remove.add_argument("name")
+
+    cache = sub.add_parser("build-cache", parents=[common], help="compute the feature cache the node would load",
+                           description="Use the node's model, weights, device and resolution: the cache folder "
+                                       "is named after all of them (a GPU run caches another precision than CPU).")
+    cache.add_argument("--model", choices=MODEL_NAMES, default="roma_outdoor")
+    cache.add_argument("--weights", default="", help="RoMa checkpoint (default: torch hub cache, then download)")
+    cache.add_argument("--dinov2-weights", default="", help="DINOv2 ViT-L/14 checkpoint (same default)")
+    cache.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    cache.add_argument("--coarse-res", type=int, default=560, help="multiple of 14; must match the node's")
+    cache.add_argument("--upsample-res", type=int, default=864, help="multiple of 8; 0 = off")
+    cache.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
+
+    check = sub.add_parser("check", parents=[common], help="report (and --repair) problems of the store")
+    check.add_argument("--repair", action="store_true",
+                       help="fix what can be fixed; user images are moved aside, never deleted")
+    return p
+
+
+def existing_store(directory: str) -> KeyframeStore:
+    store = KeyframeStore(directory)
+    if not store.directory.is_dir():
+        raise CommandError(f"keyframe folder '{store.directory}' does not exist")
+    return store
+
+
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from roma_ros.imageio import load_rgb
+
+    if len(args.images) > 1 and (args.name or args.pose):
+        raise CommandError("--name and --pose go with a single IMAGE")
+    pose = None
+    if args.pose:
+        pose = _parse_pose({"position": args.pose[:3], "orientation": args.pose[3:]}, "--pose")
+    images = [(path, load_rgb(path)) for path in args.images]  # all readable before any is added
+    store = KeyframeStore(args.dir)
+    keyframes = store.load() if store.directory.is_dir() else []
+    warn(store.warnings)
+    for path, rgb in images:
+        keyframe = store.add(rgb, keyframes, name=args.name or Path(path).stem, pose=pose)
+        keyframes.append(keyframe)
+        print(f"added '{keyframe.name}' (index {len(keyframes) - 1}) as {store.directory / keyframe.image_file}")
+    return 0
+
+
+def format_pose(keyframe: Keyframe) -> str:
+    if keyframe.pose is None:
+        return "-"
+    position, orientation = keyframe.pose
+    return " ".join(f"{v:g}" for v in position) + " | " + " ".join(f"{v:g}" for v in orientation)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = existing_store(args.dir)
+    keyframes = store.load()
+    warn(store.warnings)
+    if not keyframes:
+        print(f"no keyframes in {store.directory}")
+        return 0
+    rows = [("index", "name", "image", "size", "pose (x y z | qx qy qz qw)", "added")]
+    rows += [(str(i), k.name, k.image_file, f"{k.image.shape[1]}x{k.image.shape[0]}", format_pose(k), k.added or "-")
+             for i, k in enumerate(keyframes)]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"{len(keyframes)} keyframes in {store.directory}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from roma_ros.keyframes import UnknownKeyframe
+
+    store = existing_store(args.dir)
+    try:
+        removed = store.remove(args.name)
+    except UnknownKeyframe as exc:
+        raise CommandError(str(exc)) from None
+    files = ", ".join(str(p.relative_to(store.directory)) for p in removed.deleted) or "no files"
+    print(f"removed '{removed.name}' ({removed.image_file}); deleted {files}")
+    return 0
+
+
+def cmd_build_cache(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from roma_ros.feature_cache import cache_for
+    from roma_ros.matching.base import MatcherConfig, build_matcher
+
+    store = existing_store(args.dir)
+    config = MatcherConfig(model=args.model, weights=args.weights, dinov2_weights=args.dinov2_weights,
+                           device=args.device, coarse_res=args.coarse_res, upsample_res=args.upsample_res,
+                           random_weights=args.random_weights)
+    cache = cache_for(matcher := build_matcher(config), store.directory)
+    if cache is None:  # classical (and Tiny RoMa): keyframe work is cheap, nothing is kept on disk
+        print(f"model {args.model} keeps no feature cache: nothing to build")
+        return 0
+    keyframes = store.load()
+    warn(store.warnings)
+    for keyframe in tqdm(keyframes, desc="keyframe features", unit="kf", disable=None):
+        cache.prepare(matcher, keyframe.image_file, keyframe.image)
+    warn(cache.stats.warnings)
+    print(f"{len(keyframes)} keyframes: {cache.stats.loaded} loaded, {cache.stats.computed} computed; "
+          f"cache folder {cache.folder}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    store = existing_store(args.dir)
+    lines = store.check(repair=args.repair)
+    for line in lines:
+        print(line)
+    remaining = store.check() if args.repair else lines
+    if remaining:
+        if args.repair:
+            print(f"{len(remaining)} problems remain:\n" + "\n".join(f"  {line}" for line in remaining))
+        else:
+            print(f"{len(lines)} problems; `{PROG} check --repair --dir {store.directory}` fixes them")
+        return 1
+    print(f"{store.directory}: " + ("repaired, no problems left" if lines else "no problems"))
+    return 0
+
+
+COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "build-cache": cmd_build_cache,
+            "check": cmd_check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from roma_ros.imageio import ImageFileError
+    from roma_ros.matching.base import WeightsError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CommandError, ImageFileError, WeightsError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
