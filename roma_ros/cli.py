@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_ros.matching.base import MODEL_NAMES, MatcherConfig, WeightsError, build_matcher
+from roma_ros.cli_args import add_model_arguments, model_config
+from roma_ros.matching.base import WeightsError, build_matcher
 
 RANSAC_CHOICES = ("usac_magsac", "ransac", "lmeds")
 
@@ -30,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("query", help="query image file")
     p.add_argument("candidate", help="candidate (keyframe) image file")
-    p.add_argument("--model", choices=MODEL_NAMES, default="roma_outdoor")
-    p.add_argument("--weights", default="", help="RoMa / Tiny RoMa checkpoint (default: torch hub cache, then download)")
-    p.add_argument("--dinov2-weights", default="", help="DINOv2 ViT-L/14 checkpoint (same default)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--coarse-res", type=int, default=560, help="multiple of 14 (Tiny RoMa: longer side)")
-    p.add_argument("--upsample-res", type=int, default=864, help="multiple of 8; 0 = off")
+    add_model_arguments(p)
     p.add_argument("--one-way", action="store_true", help="non-symmetric matching (faster)")
     p.add_argument("--num-samples", type=int, default=10000)
     p.add_argument("--sampler", choices=("grid", "romatch"), default="grid",
@@ -52,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=parse_thresholds,
                    help="comma-separated RANSAC thresholds for an inlier-count table, e.g. 0.2,0.1,0.05,0.01")
     p.add_argument("--plot", help="with --thresholds: write a chart of inliers against threshold")
-    p.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -69,12 +64,8 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     query, candidate = load_rgb(args.query), load_rgb(args.candidate)
     stage("load_images", t)
-    config = MatcherConfig(
-        model=args.model, weights=args.weights, dinov2_weights=args.dinov2_weights, device=args.device,
-        coarse_res=args.coarse_res, upsample_res=args.upsample_res, symmetric=not args.one_way,
-        num_samples=args.num_samples, sampler=args.sampler, resize_to_model=args.resize_to_model,
-        random_weights=args.random_weights,
-    )
+    config = model_config(args, symmetric=not args.one_way, num_samples=args.num_samples, sampler=args.sampler,
+                          resize_to_model=args.resize_to_model)
     t = time.perf_counter()
     matcher = build_matcher(config)
     stage("build_model", t)

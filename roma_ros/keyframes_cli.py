@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from roma_ros.cli_args import add_model_arguments, model_config
 from roma_ros.keyframes import DEFAULT_DIR, Keyframe, KeyframeStore, _parse_pose
 
 PROG = "roma-keyframes"
@@ -19,8 +20,6 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from roma_ros.matching.base import MODEL_NAMES
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", default=DEFAULT_DIR,
                         help=f"keyframe folder (default: {DEFAULT_DIR}, the node's default keyframes_dir)")
@@ -40,13 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("build-cache", parents=[common], help="compute the feature cache the node would load",
                            description="Use the node's model, weights, device and resolution: the cache folder "
                                        "is named after all of them (a GPU run caches another precision than CPU).")
-    cache.add_argument("--model", choices=MODEL_NAMES, default="roma_outdoor")
-    cache.add_argument("--weights", default="", help="RoMa checkpoint (default: torch hub cache, then download)")
-    cache.add_argument("--dinov2-weights", default="", help="DINOv2 ViT-L/14 checkpoint (same default)")
-    cache.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    cache.add_argument("--coarse-res", type=int, default=560, help="multiple of 14; must match the node's")
-    cache.add_argument("--upsample-res", type=int, default=864, help="multiple of 8; 0 = off")
-    cache.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
+    add_model_arguments(cache)
+    cache.add_argument("--keep-vgg", action="store_true", help="as the node's keep_vgg parameter")
 
     check = sub.add_parser("check", parents=[common], help="report (and --repair) problems of the store")
     check.add_argument("--repair", action="store_true",
@@ -126,12 +120,10 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from roma_ros.feature_cache import cache_for
-    from roma_ros.matching.base import MatcherConfig, build_matcher
+    from roma_ros.matching.base import build_matcher
 
     store = existing_store(args.dir)
-    config = MatcherConfig(model=args.model, weights=args.weights, dinov2_weights=args.dinov2_weights,
-                           device=args.device, coarse_res=args.coarse_res, upsample_res=args.upsample_res,
-                           random_weights=args.random_weights)
+    config = model_config(args, keep_vgg=args.keep_vgg)
     cache = cache_for(matcher := build_matcher(config), store.directory)
     if cache is None:  # classical (and Tiny RoMa): keyframe work is cheap, nothing is kept on disk
         print(f"model {args.model} keeps no feature cache: nothing to build")
