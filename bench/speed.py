@@ -129,7 +129,7 @@ def gpu_table(args, device: str) -> None:
             reference = reference or seconds
             print(f"{upsample or 'off':>8} {name:>9} {1000 * seconds:>9.1f} {k / seconds:>8.1f} {peak / 2**20:>8.0f}"
                   f"   ({reference / seconds:.2f}x the fp32/864 run)")
-        del model, matcher, reloc
+        reloc = matcher = model = None  # free this precision's weights before the next
         torch.cuda.empty_cache()
 
 

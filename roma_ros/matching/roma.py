@@ -29,8 +29,8 @@ from romatch.utils import get_tuple_transform_ops
 from romatch.utils.utils import get_autocast_params
 
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
-from roma_ros.matching.device import amp_dtype, configure_backend, resolve_device
-from roma_ros.matching.sampling import normalized_to_pixels, sample_balanced
+from roma_ros.matching.dense import DenseMatcher, DenseWarp
+from roma_ros.matching.device import amp_dtype
 from roma_ros.matching.weights import checkpoints_for, load_checkpoints
 
 # romatch's scale factors divide by the resolution RoMa was trained at.
@@ -59,14 +59,6 @@ class EncodedImage:
     @property
     def dino(self) -> torch.Tensor:
         return self.coarse[16]
-
-
-@dataclass
-class DenseWarp:
-    """romatch's output for one pair: warp (H, W or 2W, 4) and certainty (H, W or 2W)."""
-
-    warp: torch.Tensor
-    certainty: torch.Tensor
 
 
 def build_random_roma(config: MatcherConfig, device: str, **kwargs) -> RegressionMatcher:
@@ -137,21 +129,15 @@ def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
     model.symmetric = config.symmetric
 
 
-class RomaMatcher:
+class RomaMatcher(DenseMatcher):
     """RoMa outdoor/indoor behind the matcher interface, plus encode/decode for reuse."""
 
     def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None) -> None:
-        config.validate()
-        self.config = config
-        self.device = resolve_device(config.device)
-        configure_backend(self.device)
-        self.name = config.model
-        self.model = model if model is not None else build_roma(config, self.device)
+        super().__init__(config, model, build_roma)
         apply_settings(self.model, config)
         self._decoder = projection_free(self.model.decoder)
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
-        self._generator = torch.Generator(device=self.device)
 
     # ---------------------------------------------------------------- encode
     def _normalized(self, image: Image.Image, hw: tuple[int, int]) -> torch.Tensor:
@@ -271,24 +257,6 @@ class RomaMatcher:
         return [DenseWarp(warp[i], certainty[i]) for i in range(n)]
 
     # ---------------------------------------------------------------- sample
-    def sample(self, dense: DenseWarp, query_hw: tuple[int, int], candidate_hw: tuple[int, int]) -> Matches:
-        """Sample correspondences and map them to pixels of images of the given sizes."""
-        cfg = self.config
-        if cfg.seed is not None:
-            self._generator.manual_seed(cfg.seed)
-        if cfg.sampler == "romatch":
-            matches, cert = self.model.sample(dense.warp, dense.certainty, num=cfg.num_samples)
-        else:
-            matches, cert = sample_balanced(
-                dense.warp, dense.certainty, cfg.num_samples, cfg.sample_thresh, self._generator
-            )
-        kq = normalized_to_pixels(matches[:, :2].float(), *query_hw)
-        kc = normalized_to_pixels(matches[:, 2:].float(), *candidate_hw)
-        return Matches(
-            kq.cpu().numpy(), kc.cpu().numpy(), cert.float().cpu().numpy(),
-            overlap=float(dense.certainty.float().mean()),
-        )
-
     def output_hw(self, original_hw: tuple[int, int]) -> tuple[int, int]:
         """Pixel frame matches are reported in: the original image, or the model's output
         resolution when ``resize_to_model`` (RoMa's demo habit) is on."""

@@ -45,6 +45,20 @@ def threshold_certainty(certainty: torch.Tensor, thresh: float) -> torch.Tensor:
     return weights
 
 
+def _weighted_draws(
+    matches: torch.Tensor, certainty: torch.Tensor, num: int, thresh: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``num`` draws without replacement, weighted by thresholded certainty."""
+    matches = matches.reshape(-1, 4)
+    certainty = certainty.reshape(-1)
+    weights = threshold_certainty(certainty, thresh)
+    available = int((weights > 0).sum())
+    if available == 0 or num <= 0:
+        return matches[:0], certainty[:0]
+    draws = torch.multinomial(weights, min(num, available), replacement=False, generator=generator)
+    return matches[draws], certainty[draws]
+
+
 def sample_balanced(
     matches: torch.Tensor,
     certainty: torch.Tensor,
@@ -58,14 +72,9 @@ def sample_balanced(
     ``certainty``: same leading shape. Returns (n, 4) matches and their (n,) certainties,
     n <= num (fewer when too few pixels carry any certainty).
     """
-    matches = matches.reshape(-1, 4)
-    certainty = certainty.reshape(-1)
-    weights = threshold_certainty(certainty, thresh)
-    available = int((weights > 0).sum())
-    if available == 0 or num <= 0:
-        return matches[:0], certainty[:0]
-    draws = torch.multinomial(weights, min(EXPANSION * num, available), replacement=False, generator=generator)
-    good, good_cert = matches[draws], certainty[draws]
+    good, good_cert = _weighted_draws(matches, certainty, EXPANSION * num, thresh, generator)
+    if len(good) == 0:
+        return good, good_cert
     density = grid_density(good)
     keep_weight = 1.0 / (density + 1.0)
     keep_weight[density < MIN_DENSITY] = 1e-7
@@ -81,14 +90,7 @@ def sample_weighted(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Certainty-weighted sampling without balancing (romatch's plain ``threshold`` mode)."""
-    matches = matches.reshape(-1, 4)
-    certainty = certainty.reshape(-1)
-    weights = threshold_certainty(certainty, thresh)
-    available = int((weights > 0).sum())
-    if available == 0 or num <= 0:
-        return matches[:0], certainty[:0]
-    draws = torch.multinomial(weights, min(num, available), replacement=False, generator=generator)
-    return matches[draws], certainty[draws]
+    return _weighted_draws(matches, certainty, num, thresh, generator)
 
 
 def normalized_to_pixels(coords: torch.Tensor, height: int, width: int) -> torch.Tensor:

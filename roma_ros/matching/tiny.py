@@ -16,9 +16,7 @@ from kornia.feature.xfeat import XFeatModel
 from romatch.models.model_zoo.roma_models import tiny_roma_v1_model
 
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
-from roma_ros.matching.device import configure_backend, resolve_device
-from roma_ros.matching.roma import DenseWarp
-from roma_ros.matching.sampling import normalized_to_pixels, sample_balanced
+from roma_ros.matching.dense import DenseMatcher, DenseWarp
 from roma_ros.matching.weights import load_checkpoints
 
 
@@ -31,18 +29,12 @@ def build_tiny(config: MatcherConfig, device: str) -> torch.nn.Module:
     return tiny_roma_v1_model(weights=weights, xfeat=XFeatModel()).to(device).eval()
 
 
-class TinyRomaMatcher:
+class TinyRomaMatcher(DenseMatcher):
     """Tiny RoMa behind the matcher interface. ``coarse_res`` is the longer image side
     it works at (Tiny RoMa itself rounds sizes down to multiples of 32)."""
 
     def __init__(self, config: MatcherConfig, model: torch.nn.Module | None = None) -> None:
-        config.validate()
-        self.config = config
-        self.device = resolve_device(config.device)
-        configure_backend(self.device)
-        self.name = config.model
-        self.model = model if model is not None else build_tiny(config, self.device)
-        self._generator = torch.Generator(device=self.device)
+        super().__init__(config, model, build_tiny)
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
@@ -71,19 +63,4 @@ class TinyRomaMatcher:
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
         check_rgb_image(query, "query image")
         check_rgb_image(candidate, "candidate image")
-        dense = self.dense(query, candidate)
-        cfg = self.config
-        if cfg.seed is not None:
-            self._generator.manual_seed(cfg.seed)
-        if cfg.sampler == "romatch":
-            matches, cert = self.model.sample(dense.warp, dense.certainty, num=cfg.num_samples)
-        else:
-            matches, cert = sample_balanced(dense.warp, dense.certainty, cfg.num_samples, cfg.sample_thresh, self._generator)
-        qh, qw = query.shape[:2]
-        ch, cw = candidate.shape[:2]
-        return Matches(
-            normalized_to_pixels(matches[:, :2], qh, qw).cpu().numpy(),
-            normalized_to_pixels(matches[:, 2:], ch, cw).cpu().numpy(),
-            cert.cpu().numpy(),
-            overlap=float(dense.certainty.mean()),
-        )
+        return self.sample(self.dense(query, candidate), query.shape[:2], candidate.shape[:2])
