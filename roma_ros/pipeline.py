@@ -59,10 +59,11 @@ class CandidateResult:
         return self.inliers * (1.0 if overlap is None else overlap)
 
 
-def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: int) -> tuple[list[int], list]:
-    """Indices of the top_k keyframes by cosine similarity (all, in order, without descriptors)."""
-    if descriptors is None or query is None or len(descriptors) == 0:
-        count = len(descriptors) if descriptors is not None else 0
+def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: int,
+              count: int) -> tuple[list[int], list[float | None]]:
+    """Indices of the top_k of ``count`` keyframes by cosine similarity of unit descriptors;
+    all of them, in store order, when there are no descriptors."""
+    if descriptors is None or query is None:
         return list(range(count)), [None] * count
     similarity = descriptors @ query
     order = np.argsort(-similarity, kind="stable")
@@ -153,9 +154,8 @@ class Relocalizer:
             query_prepared = self.matcher.prepare(query)
             timings["encode"] = time.perf_counter() - start
             start = time.perf_counter()
-            indices, similarities = shortlist(
-                descriptors if descriptors is not None else np.zeros((len(keyframes), 0)),
-                None if descriptors is None else self.matcher.describe(query_prepared), decision.top_k)
+            query_descriptor = None if descriptors is None else self.matcher.describe(query_prepared)
+            indices, similarities = shortlist(descriptors, query_descriptor, decision.top_k, len(keyframes))
             timings["shortlist"] = time.perf_counter() - start
             start = time.perf_counter()
             all_matches = self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices])

@@ -21,11 +21,11 @@ def keyframe(name: str, rgb: np.ndarray) -> Keyframe:
 def test_shortlist_orders_by_cosine_and_clips_top_k():
     descriptors = np.eye(4, dtype=np.float32)
     query = np.array([0.1, 0.9, 0.3, 0.0], dtype=np.float32)
-    assert shortlist(descriptors, query, 2)[0] == [1, 2]
-    indices, sims = shortlist(descriptors, query, 10)  # top_k larger than the store
+    assert shortlist(descriptors, query, 2, 4)[0] == [1, 2]
+    indices, sims = shortlist(descriptors, query, 10, 4)  # top_k larger than the store
     assert indices == [1, 2, 0, 3] and sims[0] == pytest.approx(0.9)
-    assert shortlist(descriptors, query, 0)[0] == [1, 2, 0, 3]  # 0 = all
-    assert shortlist(None, None, 3) == ([], [])
+    assert shortlist(descriptors, query, 0, 4)[0] == [1, 2, 0, 3]  # 0 = all
+    assert shortlist(None, None, 3, 4) == ([0, 1, 2, 3], [None] * 4)  # no descriptors: every keyframe
 
 
 @pytest.fixture(scope="module")
