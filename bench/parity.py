@@ -34,7 +34,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
         q, c = matcher.encode(pair.query), matcher.encode(pair.candidate)
         ours = matcher.decode(q, [c])[0]
-        kw = dict(im_A_high_res=q.image_fine, im_B_high_res=c.image_fine) if args.upsample else {}
+        kw = dict(im_A_high_res=matcher.model_input(pair.query, matcher.fine_hw),
+                  im_B_high_res=matcher.model_input(pair.candidate, matcher.fine_hw)) if args.upsample else {}
         warp, cert = matcher.model.match(Image.fromarray(pair.query), Image.fromarray(pair.candidate), **kw)
         dtype = str(matcher.model.encoder.amp_dtype).replace("torch.", "")
         dw = (ours.warp.float() - warp[0].float()).abs()

@@ -26,10 +26,10 @@ documented defaults are chosen.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -240,7 +240,7 @@ def choose(rows: list[dict[str, float]]) -> dict[str, float] | None:
 # ------------------------------------------------------------------------------ printing
 
 def pct(x: float) -> str:
-    return "  n/a" if x != x else f"{100 * x:5.1f}%"
+    return "  n/a" if math.isnan(x) else f"{100 * x:5.1f}%"
 
 
 def print_queries(outcomes: list[Outcome], names: list[str]) -> None:
@@ -273,16 +273,18 @@ def print_sweep(name: str, outcomes: list[Outcome], rows: list[dict[str, float]]
     if chosen is None:
         print(f"  => no min_inliers in {list(SWEEP)} keeps every distractor and wrong place out")
     else:
+        plateau = [r["min_inliers"] for r in rows if r["distractor_accept"] == 0 and r["wrong_place_accept"] == 0
+                   and r["recall"] == chosen["recall"]]
         print(f"  => min_inliers {chosen['min_inliers']}: no distractor or wrong place accepted, recall "
               f"{pct(chosen['recall']).strip()}, precision {pct(chosen['precision']).strip()} "
               f"(most inliers of a distractor or wrong place: {worst}; fewest of a right place: "
-              f"{right[0] if right else '-'})")
+              f"{right[0] if right else '-'}; the same holds for {', '.join(map(str, plateau))})")
     return chosen
 
 
 def json_safe(value):
     """NaN (a rate with nothing to count) as null, so the file is strict JSON."""
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
@@ -300,7 +302,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="RoMa device: cpu, cuda, cuda:N")
     parser.add_argument("--top-k", type=int, default=3, help="RoMa shortlist size (0 = all keyframes)")
     parser.add_argument("--num-samples", type=int, default=5000, help="RoMa correspondences per keyframe")
-    parser.add_argument("--classical-min-inliers", type=int, default=25, help="classical's min_inliers for the run")
+    parser.add_argument("--classical-min-inliers", type=int, default=20, help="classical's min_inliers for the run")
     parser.add_argument("--out", default="", help="write every per-query result to this JSON file")
     args = parser.parse_args()
     if args.views < 1:

@@ -16,6 +16,9 @@ latency is extrapolated linearly from the measured per-keyframe cost, and the ou
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import math
 import statistics
 import sys
 import time
@@ -56,8 +59,7 @@ class PreparedOnce:
 
 def tensor_bytes(encoded: EncodedImage) -> tuple[int, int]:
     """(all tensors of a prepared keyframe, its DINOv2 part) in bytes."""
-    tensors = [encoded.image_coarse, encoded.image_fine, *encoded.coarse.values(),
-               *(encoded.fine or {}).values()]
+    tensors = [*encoded.coarse.values(), *(encoded.fine or {}).values()]
     if encoded.ready is not None:
         tensors += [*encoded.ready[0].values(), *(encoded.ready[1] or {}).values()]
     total = sum(t.nelement() * t.element_size() for t in tensors if t is not None)
@@ -76,12 +78,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed by earlier queries back to the OS (glibc keeps it otherwise), so each
+    query's peak RSS is measured from a clean baseline."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run_queries(reloc: Relocalizer, queries: list[np.ndarray], device: str) -> dict[str, float]:
     """Mean seconds per stage over the queries, and the largest peak memory above the start."""
     stage_times: dict[str, list[float]] = {s: [] for s in STAGES}
     totals, peaks = [], []
     for query in queries:
         sync(device)
+        release_freed_memory()
         result, seconds, peak = measure(lambda q=query: reloc.process(q), device)
         assert isinstance(result, QueryResult) and result.best is not None, result
         for stage in STAGES:
@@ -165,18 +175,21 @@ def main() -> None:
     # ---- shortlist off beyond --off-max: linear in N from the measured per-keyframe cost
     measured_off = sorted(n for (n, k) in rows if k == 0)
     extrapolated = set()
+    per_kf = float("nan")
     if len(measured_off) >= 2:
-        lo, hi = measured_off[0], measured_off[-1]
+        lo, hi = rows[(measured_off[0], 0)], rows[(measured_off[-1], 0)]
+        span = measured_off[-1] - measured_off[0]
+        per_kf = (hi["total"] - lo["total"]) / span
         for n in ns:
             if (n, 0) in rows:
                 continue
-            rows[(n, 0)] = {key: (rows[(hi, 0)][key] + (rows[(hi, 0)][key] - rows[(lo, 0)][key]) * (n - hi) / (hi - lo))
-                            for key in (*STAGES, "total")}
-            rows[(n, 0)].update(peak=float("nan"), candidates=n)
+            # Stages that work per keyframe grow linearly; the query's encoding does not depend on N.
+            row = {key: hi[key] + (hi[key] - lo[key]) * (n - measured_off[-1]) / span
+                   for key in ("shortlist", "match", "verify")}
+            row["encode"] = (hi["encode"] + lo["encode"]) / 2
+            row["total"] = hi["total"] + per_kf * (n - measured_off[-1])
+            rows[(n, 0)] = {**row, "peak": float("nan"), "candidates": n}
             extrapolated.add(n)
-        per_kf = (rows[(hi, 0)]["total"] - rows[(lo, 0)]["total"]) / (hi - lo)
-    else:
-        per_kf = float("nan")
 
     print(f"\n{'N':>5} {'top_k':>5} {'ms/query':>9} {'encode':>7} {'shortlist':>9} {'match':>7} {'verify':>7} "
           f"{'decoded':>7} {'peak RSS MB':>11}")
@@ -185,13 +198,14 @@ def main() -> None:
             if (n, top_k) not in rows:
                 continue
             r = rows[(n, top_k)]
-            peak = "n/a" if r["peak"] != r["peak"] else f"{r['peak'] / 2**20:.0f}"
+            peak = "n/a" if math.isnan(r["peak"]) else f"{r['peak'] / 2**20:.0f}"
             note = "  extrapolated" if n in extrapolated and top_k == 0 else ""
             print(f"{n:>5} {top_k or 'all':>5} {1000 * r['total']:>9.0f} {1000 * r['encode']:>7.0f} "
                   f"{1000 * r['shortlist']:>9.2f} {1000 * r['match']:>7.0f} {1000 * r['verify']:>7.0f} "
                   f"{r['candidates']:>7} {peak:>11}{note}")
     print("ms/query: wall time of Relocalizer.process; stages from QueryResult.timings; decoded: keyframes matched; "
-          "peak RSS MB: above the RSS at the start of the query (keyframes already loaded)")
+          "peak RSS MB: largest over the queries, above the RSS at the start of the query (keyframes loaded, freed "
+          "memory returned with malloc_trim first)")
     if extrapolated:
         print(f"shortlist off at N={', '.join(map(str, sorted(extrapolated)))} is EXTRAPOLATED (not measured): "
               f"linear from N={measured_off[0]} and N={measured_off[-1]}, {1000 * per_kf:.0f} ms per keyframe")

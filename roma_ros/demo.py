@@ -45,7 +45,7 @@ IMAGE_SIZE = (480, 640)  # (height, width)
 # less precise than RoMa's, so its RANSAC threshold is looser; unrelated photos give it
 # about 10 inliers and the true places 50 to 500.
 MODEL_SETTINGS: dict[str, dict[str, object]] = {
-    "classical": {"ransac.threshold": 1.0, "min_inliers": 25},
+    "classical": {"ransac.threshold": 1.0, "min_inliers": 20},
     "tiny_roma_outdoor": {},
     "roma_outdoor": {},
 }

@@ -149,8 +149,8 @@ class Relocalizer:
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
-        start = time.perf_counter()
-        with self._compute:
+        with self._compute:  # timings start inside: waiting for a keyframe addition is not encoding
+            start = time.perf_counter()
             query_prepared = self.matcher.prepare(query)
             timings["encode"] = time.perf_counter() - start
             start = time.perf_counter()

@@ -32,7 +32,8 @@ def test_decode_equals_romatch_match(roma_model, images, upsample, symmetric):
     a, b = images
     q, c = matcher.encode(a), matcher.encode(b)
     ours = matcher.decode(q, [c, c])
-    kw = dict(im_A_high_res=q.image_fine, im_B_high_res=c.image_fine) if upsample else {}
+    kw = dict(im_A_high_res=matcher.model_input(a, matcher.fine_hw),
+              im_B_high_res=matcher.model_input(b, matcher.fine_hw)) if upsample else {}
     warp, cert = roma_model.match(Image.fromarray(a), Image.fromarray(b), **kw)
     res = upsample or TEST_COARSE
     assert ours[0].warp.shape == (res, res * (2 if symmetric else 1), 4)

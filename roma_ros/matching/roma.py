@@ -45,12 +45,12 @@ class EncodedImage:
     ``coarse`` is the feature pyramid at the coarse resolution (scales 1..8 from VGG,
     16 from DINOv2); ``fine`` the VGG pyramid at the upsample resolution (None when
     upsampling is off). ``dino`` alone is what caches keep; the VGG parts are cheap
-    to recompute from ``image_coarse`` / ``image_fine``.
+    to recompute from ``rgb`` (a reference to the caller's uint8 image, not a copy:
+    normalized float inputs would cost 12 MB per keyframe at 560/864).
     """
 
     size: tuple[int, int]  # original (height, width)
-    image_coarse: torch.Tensor  # (1, 3, h, w) ImageNet-normalized
-    image_fine: torch.Tensor | None
+    rgb: np.ndarray
     coarse: dict[int, torch.Tensor]
     fine: dict[int, torch.Tensor] | None
     # Decoder-ready (projected) coarse and fine pyramids, kept for keyframes with keep_vgg.
@@ -158,21 +158,25 @@ class RomaMatcher(DenseMatcher):
     def encode(self, rgb: np.ndarray, with_vgg: bool = True) -> EncodedImage:
         """Encode an RGB uint8 image of any size; ``with_vgg=False`` keeps only DINOv2."""
         check_rgb_image(rgb, "image")
-        image = Image.fromarray(np.ascontiguousarray(rgb))
-        coarse_in = self._normalized(image, self.coarse_hw)
-        fine_in = self._normalized(image, self.fine_hw) if self.fine_hw else None
-        encoded = EncodedImage(rgb.shape[:2], coarse_in, fine_in, {16: self._dino(coarse_in)}, None)
-        return self.completed(encoded) if with_vgg else encoded
+        coarse_in = self.model_input(rgb, self.coarse_hw)
+        encoded = EncodedImage(rgb.shape[:2], rgb, {16: self._dino(coarse_in)}, None)
+        return self.completed(encoded, coarse_in) if with_vgg else encoded
+
+    def model_input(self, rgb: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+        """ImageNet-normalized (1, 3, h, w) input, resized exactly as romatch's match() does."""
+        return self._normalized(Image.fromarray(np.ascontiguousarray(rgb)), hw)
 
     @torch.inference_mode()
-    def completed(self, encoded: EncodedImage) -> EncodedImage:
+    def completed(self, encoded: EncodedImage, coarse_in: torch.Tensor | None = None) -> EncodedImage:
         """The image with the VGG pyramids decoding needs; cached DINOv2-only encodings
         are left as they are, so caches stay small."""
         coarse, fine = encoded.coarse, encoded.fine
         if 1 not in coarse:
-            coarse = {**self.model.encoder.cnn(encoded.image_coarse), 16: coarse[16]}
-        if encoded.image_fine is not None and fine is None:
-            fine = self.model.encoder.cnn(encoded.image_fine)
+            if coarse_in is None:
+                coarse_in = self.model_input(encoded.rgb, self.coarse_hw)
+            coarse = {**self.model.encoder.cnn(coarse_in), 16: coarse[16]}
+        if self.fine_hw and fine is None:
+            fine = self.model.encoder.cnn(self.model_input(encoded.rgb, self.fine_hw))
         return replace(encoded, coarse=coarse, fine=fine)
 
     # ---------------------------------------------------------------- decode
@@ -300,16 +304,12 @@ class RomaMatcher(DenseMatcher):
         return state
 
     def import_prepared(self, rgb: np.ndarray, state: dict[str, torch.Tensor]) -> EncodedImage:
-        """Rebuild a prepared keyframe from cached features; the normalized inputs are
-        cheap to recompute from the image, so they are not cached."""
+        """Rebuild a prepared keyframe from cached features and its image."""
         check_rgb_image(rgb, "image")
-        image = Image.fromarray(np.ascontiguousarray(rgb))
-        coarse_in = self._normalized(image, self.coarse_hw)
         expected = (1, 1024, self.coarse_hw[0] // 14, self.coarse_hw[1] // 14)
         if tuple(state["dino"].shape) != expected:
             raise ValueError(f"cached DINOv2 features have shape {tuple(state['dino'].shape)}, expected {expected}")
-        fine_in = self._normalized(image, self.fine_hw) if self.fine_hw else None
-        encoded = EncodedImage(rgb.shape[:2], coarse_in, fine_in, {16: state["dino"].to(self.device)}, None)
+        encoded = EncodedImage(rgb.shape[:2], rgb, {16: state["dino"].to(self.device)}, None)
         if self.config.keep_vgg:
 
             def pyramid(prefix: str) -> dict[int, torch.Tensor]:
