@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from roma_ros.matching.base import MatcherConfig
 from roma_ros.matching.roma import RomaMatcher, build_roma
-from roma_ros.pipeline import Relocalizer
+from roma_ros.pipeline import DecisionConfig, Relocalizer
 from speed import scene
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     model = build_roma(MatcherConfig(**base), "cuda")
 
     def reloc_for(**overrides) -> Relocalizer:
-        reloc = Relocalizer(RomaMatcher(MatcherConfig(**(base | overrides)), model=model))
+        reloc = Relocalizer(RomaMatcher(MatcherConfig(**(base | overrides)), model=model), DecisionConfig(top_k=0))
         reloc.set_keyframes(keyframes)
         return reloc
 

@@ -80,7 +80,7 @@ def config_for(args, device: str, upsample: int, precision: str) -> MatcherConfi
 
 def compare(args, device: str) -> None:
     ks = [int(k) for k in args.ks.split(",")]
-    decision = DecisionConfig()
+    decision = DecisionConfig(top_k=0)  # every keyframe is decoded, like the naive loop
     matcher = RomaMatcher(config_for(args, device, args.upsample, "auto"))
     query, keyframes = scene(max(ks))
     print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
@@ -120,7 +120,7 @@ def gpu_table(args, device: str) -> None:
         model = build_roma(config_for(args, device, 864, precision), device)
         for upsample in (864, 0):
             matcher = RomaMatcher(config_for(args, device, upsample, precision), model=model)
-            reloc = Relocalizer(matcher)
+            reloc = Relocalizer(matcher, DecisionConfig(top_k=0))
             reloc.set_keyframes(keyframes)
             reloc.process(query)
             torch.cuda.empty_cache()

@@ -201,7 +201,7 @@ class MatchNode(Node):
 
     # ------------------------------------------------------------------ output
     def _publish_result(self, header: Header, rgb: np.ndarray, result: QueryResult, latency: float) -> None:
-        best, keyframes = result.best, self.relocalizer.keyframes if self.relocalizer else []
+        best, keyframes = result.best, result.keyframes
         if result.accepted and best is not None:
             inl = best.verification.inlier_mask
             m = best.matches
@@ -226,7 +226,7 @@ class MatchNode(Node):
         if best is None:
             return draw_matches(rgb, np.zeros_like(rgb), np.zeros((0, 2)), np.zeros((0, 2)), text=summary)
         m = best.matches
-        keyframe = self.relocalizer.keyframes[best.index]
+        keyframe = result.keyframes[best.index]
         order = np.argsort(-m.certainty, kind="stable")
         return draw_matches(rgb, keyframe.image, m.kpts_query, m.kpts_candidate, best.verification.inlier_mask,
                             max_lines=int(self.values["debug.max_lines"]), text=summary, line_order=order)

@@ -79,6 +79,8 @@ class QueryResult:
     accepted: bool
     reason: str  # why not accepted ("" when accepted)
     timings: dict[str, float] = field(default_factory=dict)
+    # The keyframe list the indices refer to (a reload may replace the store's list meanwhile).
+    keyframes: list[Keyframe] = field(default_factory=list)
 
     @property
     def latency(self) -> float:
@@ -170,9 +172,9 @@ class Relocalizer:
         timings["verify"] = time.perf_counter() - start
         best = max(candidates, key=lambda c: (c.score, c.inliers))
         why = decide(best, decision)
-        if not why:
-            return QueryResult(candidates, best, True, "", timings)
-        return QueryResult(candidates, best, False, f"best keyframe '{keyframes[best.index].name}': {why}", timings)
+        if why:
+            why = f"best keyframe '{keyframes[best.index].name}': {why}"
+        return QueryResult(candidates, best, not why, why, timings, keyframes)
 
 
 def decide(best: CandidateResult, decision: DecisionConfig) -> str:
