@@ -45,10 +45,15 @@ def threshold_certainty(certainty: torch.Tensor, thresh: float) -> torch.Tensor:
     return weights
 
 
-def _weighted_draws(
-    matches: torch.Tensor, certainty: torch.Tensor, num: int, thresh: float, generator: torch.Generator | None
+def sample_weighted(
+    matches: torch.Tensor,
+    certainty: torch.Tensor,
+    num: int,
+    thresh: float = 0.05,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``num`` draws without replacement, weighted by thresholded certainty."""
+    """Up to ``num`` draws without replacement, weighted by thresholded certainty
+    (romatch's plain ``threshold`` mode; the first stage of ``sample_balanced``)."""
     matches = matches.reshape(-1, 4)
     certainty = certainty.reshape(-1)
     weights = threshold_certainty(certainty, thresh)
@@ -72,7 +77,7 @@ def sample_balanced(
     ``certainty``: same leading shape. Returns (n, 4) matches and their (n,) certainties,
     n <= num (fewer when too few pixels carry any certainty).
     """
-    good, good_cert = _weighted_draws(matches, certainty, EXPANSION * num, thresh, generator)
+    good, good_cert = sample_weighted(matches, certainty, EXPANSION * num, thresh, generator)
     if len(good) == 0:
         return good, good_cert
     density = grid_density(good)
@@ -80,17 +85,6 @@ def sample_balanced(
     keep_weight[density < MIN_DENSITY] = 1e-7
     picked = torch.multinomial(keep_weight, min(num, len(good)), replacement=False, generator=generator)
     return good[picked], good_cert[picked]
-
-
-def sample_weighted(
-    matches: torch.Tensor,
-    certainty: torch.Tensor,
-    num: int,
-    thresh: float = 0.05,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Certainty-weighted sampling without balancing (romatch's plain ``threshold`` mode)."""
-    return _weighted_draws(matches, certainty, num, thresh, generator)
 
 
 def normalized_to_pixels(coords: torch.Tensor, height: int, width: int) -> torch.Tensor:
