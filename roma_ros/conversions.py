@@ -24,6 +24,8 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from roma_ros.imageio import quiet_opencv, to_uint8
+
 __all__ = [
     "ImageConversionError",
     "MATCH_FIELDS",
@@ -71,24 +73,6 @@ def _bytes(arr: np.ndarray) -> array.array:
     return array.array("B", np.ascontiguousarray(arr).tobytes())
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    """Scale a 16-bit image to 8 bit by the largest value present.
-
-    Why not ``>> 8``: many "16-bit" cameras (and PNGs written from them) hold 10-16 bit data, and a
-    12-bit image shifted by 8 is nearly black (max 15), which starves the matcher. Scaling by the
-    image's own maximum uses the full 8-bit range for any bit depth, keeps zero at zero (no offset,
-    unlike min/max stretching) and is exact for full-range data (65535 -> 255). The gain can vary
-    between frames, which RoMa, trained with photometric augmentation, tolerates.
-    """
-    if img.dtype == np.uint8:
-        return img
-    peak = int(img.max()) if img.size else 0
-    if peak == 0:
-        return np.zeros(img.shape, np.uint8)
-    scaled = (img.astype(np.uint32) * 255 + peak // 2) // peak
-    return scaled.astype(np.uint8)
-
-
 def _decoded_to_rgb(img: np.ndarray) -> np.ndarray:
     """cv2.imdecode output (2-D gray, BGR or BGRA, uint8) -> contiguous (H, W, 3) RGB."""
     if img.ndim == 2:
@@ -100,7 +84,7 @@ def image_msg_to_rgb(msg: Image) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB, a fresh array that does not share msg's memory.
 
     Honours ``step`` (padded rows) and ``is_bigendian`` (mono16). mono16 is scaled to 8 bit by the
-    image's maximum (see ``_to_uint8``).
+    image's maximum (see ``roma_ros.imageio.to_uint8``).
     """
     enc = _ALIASES.get(msg.encoding, msg.encoding)
     if enc not in _ENCODINGS:
@@ -127,7 +111,7 @@ def image_msg_to_rgb(msg: Image) -> np.ndarray:
     # A strided view over the message buffer skips row padding without copying.
     view = np.ndarray((h, w, channels), dtype, buffer=memoryview(data),
                       strides=(step, channels * depth, depth))
-    img = _to_uint8(view.astype(dtype.newbyteorder("="))) if depth == 2 else view
+    img = to_uint8(view.astype(dtype.newbyteorder("="))) if depth == 2 else view
     code = _TO_RGB[enc]
     if code is None:
         return img.copy()  # never share memory with the message
@@ -140,7 +124,8 @@ def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
     OpenCV decodes to BGR(A), which matches what image_transport's compressed plugin encodes.
     """
     buf = np.frombuffer(msg.data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    with quiet_opencv():
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None or img.size == 0:
         raise ImageConversionError(
             f"corrupt or empty compressed image (format '{msg.format}', {buf.size} bytes): "
@@ -150,7 +135,7 @@ def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
             raise ImageConversionError(
                 f"unsupported compressed pixel type {img.dtype} (format '{msg.format}'): "
                 "publish 8- or 16-bit jpeg/png")
-        img = _to_uint8(img)
+        img = to_uint8(img)
     return _decoded_to_rgb(img)
 
 

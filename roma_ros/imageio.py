@@ -48,10 +48,29 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     return to_rgb8(image, source=str(path))
 
 
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Scale a 16-bit image to 8 bit by the largest value present.
+
+    Why not ``>> 8``: many "16-bit" cameras (and PNGs written from them) hold 10-16 bit data, and a
+    12-bit image shifted by 8 is nearly black (max 15), which starves the matcher. Scaling by the
+    image's own maximum uses the full 8-bit range for any bit depth, keeps zero at zero (no offset,
+    unlike min/max stretching) and is exact for full-range data (65535 -> 255). The gain can vary
+    between frames, which RoMa, trained with photometric augmentation, tolerates.
+    """
+    if img.dtype == np.uint8:
+        return img
+    peak = int(img.max()) if img.size else 0
+    if peak == 0:
+        return np.zeros(img.shape, np.uint8)
+    scaled = (img.astype(np.uint32) * 255 + peak // 2) // peak
+    return scaled.astype(np.uint8)
+
+
 def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
-    """OpenCV-ordered (BGR/BGRA/gray, 8 or 16 bit) array -> RGB uint8."""
+    """OpenCV-ordered (BGR/BGRA/gray, 8 or 16 bit) array -> RGB uint8 (16 bit as in ``to_uint8``,
+    the same rule as for 16-bit query images)."""
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = to_uint8(image)
     elif image.dtype != np.uint8:
         raise ImageFileError(f"{source}: unsupported pixel type {image.dtype}; use 8 or 16-bit images")
     if image.ndim == 2 or image.shape[2] == 1:

@@ -112,3 +112,16 @@ def test_add_keeps_entries_that_cannot_load_right_now(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "new.png").stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_16_bit_keyframe_files_scale_like_16_bit_queries(tmp_path):
+    """A 12-bit camera's PNG keyframe must not load nearly black (as `>> 8` would make it)."""
+    import cv2
+
+    from roma_ros.imageio import load_rgb
+
+    twelve_bit = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 4095 // 599).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "kf.png"), twelve_bit)
+    rgb = load_rgb(tmp_path / "kf.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3)
+    assert rgb.max() == 255 and rgb[0, 0, 0] == 0
