@@ -172,7 +172,9 @@ class Relocalizer:
         timings["verify"] = time.perf_counter() - start
         best = max(candidates, key=lambda c: (c.score, c.inliers))
         why = decide(best, decision)
-        if why:
+        if why and best.inliers == 0:  # nothing verified: "best" is only the first tried
+            why = f"no keyframe verified ({len(candidates)} tried; '{keyframes[best.index].name}': {why})"
+        elif why:
             why = f"best keyframe '{keyframes[best.index].name}': {why}"
         return QueryResult(candidates, best, not why, why, timings, keyframes)
 
