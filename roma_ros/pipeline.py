@@ -130,14 +130,15 @@ class Relocalizer:
             prepared = self._prepare(keyframe)
             descriptor = self.matcher.describe(prepared)
         with self._lock:
+            # The shortlist needs a descriptor for every keyframe (an empty store has none).
+            all_described = self._descriptors_matrix is not None or not self.keyframes
             self.keyframes.append(keyframe)
             self._prepared.append(prepared)
-            if descriptor is None or (self._descriptors_matrix is None and len(self.keyframes) > 1):
+            if descriptor is None or not all_described:
                 self._descriptors_matrix = None
-            elif self._descriptors_matrix is None:
-                self._descriptors_matrix = descriptor[None].astype(np.float32)
             else:
-                self._descriptors_matrix = np.vstack([self._descriptors_matrix, descriptor[None]])
+                rows = [] if self._descriptors_matrix is None else [self._descriptors_matrix]
+                self._descriptors_matrix = np.vstack(rows + [descriptor[None].astype(np.float32)])
             return len(self.keyframes) - 1
 
     def set_decision(self, decision: DecisionConfig) -> None:

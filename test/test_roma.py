@@ -119,6 +119,17 @@ def test_batches_give_the_same_matches_as_one_by_one(roma_model, images):
         np.testing.assert_allclose(x.kpts_candidate, y.kpts_candidate, atol=1e-3)
 
 
+def test_query_vgg_runs_once_however_many_batches(roma_model, images):
+    matcher = RomaMatcher(roma_config(num_samples=100, batch_size=1), model=roma_model)
+    a, b = images
+    query, cands = matcher.prepare(a), [matcher.prepare(c) for c in (b, a, b)]
+    calls = []
+    original = matcher.completed
+    matcher.completed = lambda enc, *args: calls.append(enc.size) or original(enc, *args)
+    assert len(matcher.match_prepared(query, cands)) == 3
+    assert calls.count(a.shape[:2]) == 2  # the query once (not once per batch) + candidate a
+
+
 @pytest.mark.parametrize("bad", [dict(coarse_res=100), dict(batch_size=0), dict(upsample_res=90), dict(num_samples=0),
                                  dict(model="roma_v9"), dict(sampler="kde")])
 def test_bad_configuration_is_rejected(bad):

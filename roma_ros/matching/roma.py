@@ -61,7 +61,7 @@ class EncodedImage:
         return self.coarse[16]
 
 
-def build_random_roma(config: MatcherConfig, device: str, **kwargs) -> RegressionMatcher:
+def build_random_roma(device: str, **kwargs) -> RegressionMatcher:
     """RoMa's architecture with random weights, for tests and benchmarks only.
 
     romatch insists on loading a state dict; we skip that one call while building.
@@ -84,7 +84,7 @@ def build_roma(config: MatcherConfig, device: str) -> RegressionMatcher:
         use_custom_corr=device.startswith("cuda") and importlib.util.find_spec("local_corr") is not None,
     )
     if config.random_weights:
-        model = build_random_roma(config, device, **kwargs)
+        model = build_random_roma(device, **kwargs)
     else:
         weights, dino = load_checkpoints(config.model, config.weights, config.dinov2_weights, config.allow_download)
         model = roma_model(weights=weights, dinov2_weights=dino, device=device, **kwargs)
@@ -121,7 +121,7 @@ def projection_free(decoder: nn.Module) -> nn.Module:
 
 def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
     """Resolution and symmetry are plain attributes of romatch's model, not weights: one
-    built model serves any of them (tests share one; the node changes them live)."""
+    built model serves any of them (tests and benchmarks share one)."""
     model.h_resized = model.w_resized = config.coarse_res
     model.upsample_preds = config.upsample_res > 0
     if config.upsample_res:
@@ -327,7 +327,9 @@ class RomaMatcher(DenseMatcher):
         return gem_descriptor(encoded.dino)
 
     def match_prepared(self, query: EncodedImage, candidates: Sequence[EncodedImage]) -> list[Matches]:
-        """Decode the (once-encoded) query against the candidates in batches."""
+        """Decode the (once-encoded) query against the candidates in batches; its decoder
+        inputs (VGG + projections) are computed once, not once per batch."""
+        query = replace(query, ready=self.decoder_inputs(query))
         out_q = self.output_hw(query.size)
         results: list[Matches] = []
         step = self.config.batch_size
