@@ -1,21 +1,26 @@
 """Where a query's GPU time goes, and which switches move it (exploration, not a test).
 
 One model, K keyframes at 560 without upsampling: a torch.profiler table of the top
-operators for one query, then ms per query for each variant.
+operators for one query, its encode/match/verify split, then ms per query for each
+variant (each switches one thing off or on against the baseline).
 
     python3 bench/gpu_profile.py [--k 10]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import time
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from roma_ros.matching.base import MatcherConfig
-from roma_ros.matching.roma import RomaMatcher, build_roma
+from roma_ros.matching import local_corr
+from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it, build_roma
 from roma_ros.pipeline import DecisionConfig, Relocalizer
 from speed import scene
 
@@ -51,19 +56,24 @@ def main() -> None:
         reloc.process(query)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    split = reloc.process(query).timings
+    print("one query, seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
     variants = {
-        "baseline (symmetric, batch 8)": {},
-        "batch 1": dict(batch_size=1),
-        "batch 4": dict(batch_size=4),
-        "batch 16": dict(batch_size=16),
-        "one-way": dict(symmetric=False),
-        "keep_vgg": dict(keep_vgg=True),
+        "baseline (symmetric, batch 8)": ({}, contextlib.nullcontext()),
+        "romatch's local correlation": ({}, mock.patch.object(local_corr, "DENSE_MAX_PIXELS_PER_SAMPLE", 0)),
+        "dense local correlation always": ({}, mock.patch.object(local_corr, "DENSE_MAX_PIXELS_PER_SAMPLE", 10**9)),
+        "romatch's NCHW decoder layout": ({}, as_romatch_builds_it(model)),
+        "verification in one thread": ({}, mock.patch.object(os, "cpu_count", lambda: 1)),
+        "batch 16": (dict(batch_size=16), contextlib.nullcontext()),
+        "one-way": (dict(symmetric=False), contextlib.nullcontext()),
+        "keep_vgg": (dict(keep_vgg=True), contextlib.nullcontext()),
     }
-    for name, overrides in variants.items():
-        print(f"{name:<32} {ms_per_query(reloc_for(**overrides), query):8.1f} ms/query (K={args.k})")
+    for name, (overrides, context) in variants.items():
+        reloc = reloc_for(**overrides)
+        with context:
+            print(f"{name:<32} {ms_per_query(reloc, query):8.1f} ms/query (K={args.k})")
     torch.backends.cudnn.benchmark = True
     print(f"{'cudnn.benchmark':<32} {ms_per_query(reloc_for(), query):8.1f} ms/query")
-    print(f"{'cudnn.benchmark + one-way':<32} {ms_per_query(reloc_for(symmetric=False), query):8.1f} ms/query")
 
 
 if __name__ == "__main__":

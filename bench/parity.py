@@ -15,7 +15,7 @@ from PIL import Image
 
 from roma_ros.matching.base import MatcherConfig
 from roma_ros.matching.device import resolve_device
-from roma_ros.matching.roma import RomaMatcher
+from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it
 from roma_ros.testdata import make_pair
 
 
@@ -36,7 +36,8 @@ def main() -> None:
         ours = matcher.decode(q, [c])[0]
         kw = dict(im_A_high_res=matcher.model_input(pair.query, matcher.fine_hw),
                   im_B_high_res=matcher.model_input(pair.candidate, matcher.fine_hw)) if args.upsample else {}
-        warp, cert = matcher.model.match(Image.fromarray(pair.query), Image.fromarray(pair.candidate), **kw)
+        with as_romatch_builds_it(matcher.model):
+            warp, cert = matcher.model.match(Image.fromarray(pair.query), Image.fromarray(pair.candidate), **kw)
         dtype = str(matcher.model.encoder.amp_dtype).replace("torch.", "")
         dw = (ours.warp.float() - warp[0].float()).abs()
         dc = (ours.certainty.float() - cert[0].float()).abs()

@@ -31,7 +31,7 @@ from roma_ros.geometry import verify_fundamental  # noqa: E402
 from roma_ros.keyframes import Keyframe  # noqa: E402
 from roma_ros.matching.base import MatcherConfig  # noqa: E402
 from roma_ros.matching.device import resolve_device  # noqa: E402
-from roma_ros.matching.roma import RomaMatcher, build_roma  # noqa: E402
+from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it, build_roma  # noqa: E402
 from roma_ros.matching.sampling import normalized_to_pixels  # noqa: E402
 from roma_ros.pipeline import DecisionConfig, Relocalizer  # noqa: E402
 from roma_ros.testdata import PHOTO_NAMES, make_pair  # noqa: E402
@@ -88,14 +88,15 @@ def compare(args, device: str) -> None:
           f"precision {str(matcher.model.encoder.amp_dtype).replace('torch.', '')}, "
           f"symmetric {not args.one_way}, batch {args.batch_size}, keep_vgg {args.keep_vgg}, random weights")
     naive_repeat = args.repeat if device.startswith("cuda") else 1
-    naive_s, naive_peak = timed(lambda: naive_pair(matcher.model, query, keyframes[0].image, decision),
-                                device, naive_repeat)
-    measured_naive = {1: naive_s}
-    if device.startswith("cuda"):
-        for k in ks[1:]:
-            measured_naive[k], _ = timed(
-                lambda k=k: [naive_pair(matcher.model, query, kf.image, decision) for kf in keyframes[:k]],
-                device, naive_repeat)
+    with as_romatch_builds_it(matcher.model) as model:
+        naive_s, naive_peak = timed(lambda: naive_pair(model, query, keyframes[0].image, decision),
+                                    device, naive_repeat)
+        measured_naive = {1: naive_s}
+        if device.startswith("cuda"):
+            for k in ks[1:]:
+                measured_naive[k], _ = timed(
+                    lambda k=k: [naive_pair(model, query, kf.image, decision) for kf in keyframes[:k]],
+                    device, naive_repeat)
     print(f"{'K':>3} {'naive s':>9} {'ours s':>8} {'(match':>7} {'verify)':>8} {'speed-up':>9} "
           f"{'naive peak MB':>14} {'ours peak MB':>13}")
     for k in ks:

@@ -5,8 +5,10 @@ tests and benchmarks drive the same code directly.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,12 +166,9 @@ class Relocalizer:
             all_matches = self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices])
             timings["match"] = time.perf_counter() - start
         start = time.perf_counter()
-        candidates = [
-            CandidateResult(i, m, verify_fundamental(
-                m.kpts_query, m.kpts_candidate, method=decision.method, threshold=decision.threshold,
-                confidence=decision.confidence, max_iters=decision.max_iters), sim)
-            for i, sim, m in zip(indices, similarities, all_matches)
-        ]
+        verifications = verify_all(all_matches, decision)
+        candidates = [CandidateResult(i, m, v, sim)
+                      for i, sim, m, v in zip(indices, similarities, all_matches, verifications)]
         timings["verify"] = time.perf_counter() - start
         best = max(candidates, key=lambda c: (c.score, c.inliers))
         why = decide(best, decision)
@@ -178,6 +177,23 @@ class Relocalizer:
         elif why:
             why = f"best keyframe '{keyframes[best.index].name}': {why}"
         return QueryResult(candidates, best, not why, why, timings, keyframes)
+
+
+def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Verification]:
+    """One fundamental-matrix check per candidate, in parallel threads: OpenCV releases
+    the GIL, and with weak matches each check can run all max_iters (tens to hundreds
+    of ms), which on a GPU machine would otherwise cost more than the matching."""
+
+    def verify(m: Matches) -> Verification:
+        return verify_fundamental(m.kpts_query, m.kpts_candidate, method=decision.method,
+                                  threshold=decision.threshold, confidence=decision.confidence,
+                                  max_iters=decision.max_iters)
+
+    workers = min(len(all_matches), os.cpu_count() or 1)
+    if workers <= 1:
+        return [verify(m) for m in all_matches]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+        return list(pool.map(verify, all_matches))
 
 
 def decide(best: CandidateResult, decision: DecisionConfig) -> str:

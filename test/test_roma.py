@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import TEST_COARSE, TEST_UPSAMPLE, roma_config
-from roma_ros.matching.roma import RomaMatcher
+from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it
 from roma_ros.matching.tiny import TinyRomaMatcher
 from roma_ros.testdata import load_photo
 
@@ -27,17 +27,19 @@ def images():
 @pytest.mark.parametrize("upsample", [0, TEST_UPSAMPLE])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_decode_equals_romatch_match(roma_model, images, upsample, symmetric):
-    """Our encode-once / batched decode reproduces romatch's match() on the same weights."""
+    """Our encode-once / batched decode (channels-last, dense local correlation) reproduces
+    romatch's match() as shipped on the same weights."""
     matcher = RomaMatcher(roma_config(upsample_res=upsample, symmetric=symmetric), model=roma_model)
     a, b = images
-    q, c = matcher.encode(a), matcher.encode(b)
-    ours = matcher.decode(q, [c, c])
     kw = dict(im_A_high_res=matcher.model_input(a, matcher.fine_hw),
               im_B_high_res=matcher.model_input(b, matcher.fine_hw)) if upsample else {}
-    warp, cert = roma_model.match(Image.fromarray(a), Image.fromarray(b), **kw)
+    with as_romatch_builds_it(roma_model):
+        warp, cert = roma_model.match(Image.fromarray(a), Image.fromarray(b), **kw)
+    q, c = matcher.encode(a), matcher.encode(b)
+    ours = matcher.decode(q, [c, c])
     res = upsample or TEST_COARSE
     assert ours[0].warp.shape == (res, res * (2 if symmetric else 1), 4)
-    # fp32 on CPU; differences come only from batch-size dependent kernel choices.
+    # fp32 on CPU; differences come only from kernel choices (layout, batch size, matmul order).
     torch.testing.assert_close(ours[0].warp, warp[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(ours[0].certainty, cert[0], atol=1e-4, rtol=0)
     # Two candidates in one batch decode exactly like one.

@@ -8,11 +8,12 @@ order as ``RegressionMatcher.match``; test/test_roma.py checks that both agree.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
@@ -31,6 +32,7 @@ from romatch.utils.utils import get_autocast_params
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.dense import DenseMatcher, DenseWarp
 from roma_ros.matching.device import amp_dtype
+from roma_ros.matching.local_corr import dense_correlation_in_romatch
 from roma_ros.matching.weights import checkpoints_for, load_checkpoints
 
 # romatch's scale factors divide by the resolution RoMa was trained at.
@@ -119,6 +121,17 @@ def projection_free(decoder: nn.Module) -> nn.Module:
     return view
 
 
+@contextlib.contextmanager
+def as_romatch_builds_it(model: RegressionMatcher) -> Iterator[RegressionMatcher]:
+    """The model with romatch's own (contiguous) decoder layout while inside, for
+    comparisons with romatch as shipped; RomaMatcher's channels-last layout after."""
+    model.decoder.to(memory_format=torch.contiguous_format)
+    try:
+        yield model
+    finally:
+        model.decoder.to(memory_format=torch.channels_last)
+
+
 def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
     """Resolution and symmetry are plain attributes of romatch's model, not weights: one
     built model serves any of them (tests and benchmarks share one)."""
@@ -135,6 +148,9 @@ class RomaMatcher(DenseMatcher):
     def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None) -> None:
         super().__init__(config, model, build_roma)
         apply_settings(self.model, config)
+        # Same arithmetic; oneDNN and cuDNN run these convolutions much faster channels-last
+        # (bench/speed.py: a third off the CPU decode). Converts the weights in place.
+        self.model.decoder.to(memory_format=torch.channels_last)
         self._decoder = projection_free(self.model.decoder)
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
@@ -226,14 +242,15 @@ class RomaMatcher(DenseMatcher):
         decoder = self._decoder
         hs, ws = self.coarse_hw
         f_q, f_c = self._pair_pyramids(q_coarse, [c for c, _ in c_inputs])
-        corresps = decoder(f_q, f_c, upsample=False, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
-        low_res_logits = corresps[16]["certainty"]
-        if self.fine_hw:
-            hs, ws = self.fine_hw
-            f_q, f_c = self._pair_pyramids(q_fine, [f for _, f in c_inputs])
-            corresps = decoder(
-                f_q, f_c, upsample=True, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1]
-            )
+        with dense_correlation_in_romatch():
+            corresps = decoder(f_q, f_c, upsample=False, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
+            low_res_logits = corresps[16]["certainty"]
+            if self.fine_hw:
+                hs, ws = self.fine_hw
+                f_q, f_c = self._pair_pyramids(q_fine, [f for _, f in c_inputs])
+                corresps = decoder(
+                    f_q, f_c, upsample=True, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1]
+                )
         logits = corresps[1]["certainty"]
         if self.model.attenuate_cert:
             logits = logits - attenuation(low_res_logits, hs, ws)

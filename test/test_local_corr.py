@@ -1,0 +1,69 @@
+"""Our dense local correlation against romatch's own (the refiners' input must not move)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from romatch.utils.local_correlation import local_correlation as romatch_local_correlation
+
+from roma_ros.matching import local_corr
+
+
+def inputs(b: int, c: int, h: int, w: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    f0 = torch.randn(b, c, h, w, generator=gen)
+    f1 = torch.randn(b, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    # Matches inside, near and far outside the image, plus some exactly on pixel centres
+    # (bilinear fraction 0: the floor must not jump a pixel).
+    warp = torch.rand(b, 2, h, w, generator=gen) * 3.0 - 1.5
+    centres_x = (2 * torch.randint(0, w, (h, w), generator=gen) + 1) / w - 1
+    centres_y = (2 * torch.randint(0, h, (h, w), generator=gen) + 1) / h - 1
+    warp[0, 0, : h // 2], warp[0, 1, : h // 2] = centres_x[: h // 2], centres_y[: h // 2]
+    return f0, f1, warp
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+@pytest.mark.parametrize("hw", [(6, 9), (11, 7)])
+def test_dense_equals_romatch(radius, hw):
+    f0, f1, warp = inputs(3, 16, *hw, seed=radius)
+    expected = romatch_local_correlation(f0, f1, radius, warp, use_custom_corr=False)
+    got = local_corr.dense_local_correlation(f0, f1, radius, warp)
+    assert got.shape == expected.shape == (3, (2 * radius + 1) ** 2, *hw)
+    assert expected.abs().max() > 1  # the comparison is not between zeros
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_chunked_matrix_gives_the_same_result(monkeypatch):
+    f0, f1, warp = inputs(2, 8, 9, 10)
+    whole = local_corr.dense_local_correlation(f0, f1, 2, warp)
+    monkeypatch.setattr(local_corr, "CHUNK_ELEMENTS", 7 * 90)  # 7-row slices of the (90 x 90) matrix
+    torch.testing.assert_close(local_corr.dense_local_correlation(f0, f1, 2, warp), whole)
+
+
+def test_non_finite_matches_read_padding():
+    f0, f1, warp = inputs(1, 8, 5, 6)
+    warp[0, :, 0, 0] = float("nan")
+    warp[0, 0, 1, 1] = float("inf")
+    got = local_corr.dense_local_correlation(f0, f1, 1, warp)
+    assert torch.isfinite(got).all()
+    assert not got[0, :, 0, 0].any() and not got[0, :, 1, 1].any()
+
+
+def test_large_images_fall_back_to_romatch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(local_corr, "romatch_local_correlation", lambda *a, **k: calls.append(a[0].shape))
+    f0, f1, warp = inputs(1, 4, 8, 8)
+    local_corr.local_correlation(f0, f1, 1, warp, use_custom_corr=False)
+    assert not calls
+    monkeypatch.setattr(local_corr, "DENSE_MAX_PIXELS_PER_SAMPLE", 1)  # 64 pixels > 1 x 9
+    local_corr.local_correlation(f0, f1, 1, warp, use_custom_corr=False)
+    assert calls == [f0.shape]
+
+
+def test_romatch_is_restored_after_decoding():
+    from romatch.models import matcher
+
+    with local_corr.dense_correlation_in_romatch():
+        with local_corr.dense_correlation_in_romatch():
+            assert matcher.local_correlation is local_corr.local_correlation
+        assert matcher.local_correlation is local_corr.local_correlation
+    assert matcher.local_correlation is romatch_local_correlation
