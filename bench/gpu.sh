@@ -11,7 +11,7 @@ export PYTHONPATH="$PWD:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=
   python3 -c "import torch; print('torch', torch.__version__)"
   echo "== bench/sampler.py";  python3 bench/sampler.py --device cuda
   echo "== bench/parity.py";   python3 bench/parity.py --device cuda
-  echo "== bench/local_corr.py"; python3 bench/local_corr.py --device cuda
+  echo "== bench/correlation.py"; python3 bench/correlation.py --device cuda
   echo "== bench/speed.py (560/864)"; python3 bench/speed.py --device cuda
   echo "== bench/speed.py (560, no upsample)"; python3 bench/speed.py --device cuda --upsample 0
   echo "== bench/speed.py --gpu-table"; python3 bench/speed.py --device cuda --gpu-table

@@ -24,7 +24,7 @@ from romatch.models import matcher as romatch_matcher
 from romatch.utils.local_correlation import local_correlation as romatch_local_correlation
 
 # Dense wins while H*W stays below this many times the window size K (measured with
-# bench/local_corr.py: 1.6x faster at H*W = 196 K on a 2-core CPU, 10-100x at 25-50 K).
+# bench/correlation.py: 1.6x faster at H*W = 196 K on a 2-core CPU, 10-100x at 25-50 K).
 DENSE_MAX_PIXELS_PER_SAMPLE = 256
 # Correlation entries computed at once (fp32: 128 MB): bounds the memory the matrix costs.
 CHUNK_ELEMENTS = 2**25

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib.machinery
 import importlib.util
 import math
 from collections.abc import Iterator, Sequence
@@ -74,6 +75,14 @@ def build_random_roma(device: str, **kwargs) -> RegressionMatcher:
         return roma_model(weights=None, dinov2_weights=dino_sd, device=device, **kwargs)
 
 
+def has_fused_correlation() -> bool:
+    """Whether RoMa's optional fused CUDA kernel (the compiled ``local_corr`` extension)
+    imports; romatch fails on the first match if told to use it when it is missing. Any
+    other module of that name (a script on the path) is not the kernel."""
+    spec = importlib.util.find_spec("local_corr")
+    return spec is not None and str(spec.origin).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def build_roma(config: MatcherConfig, device: str) -> RegressionMatcher:
     """Build romatch's RegressionMatcher for ``config`` on ``device``."""
     kwargs = dict(
@@ -82,8 +91,7 @@ def build_roma(config: MatcherConfig, device: str) -> RegressionMatcher:
         upsample_res=config.upsample_res or None,
         amp_dtype=amp_dtype(device, config.precision),
         symmetric=config.symmetric,
-        # The fused CUDA kernel is optional; without it romatch fails on the first match.
-        use_custom_corr=device.startswith("cuda") and importlib.util.find_spec("local_corr") is not None,
+        use_custom_corr=device.startswith("cuda") and has_fused_correlation(),
     )
     if config.random_weights:
         model = build_random_roma(device, **kwargs)

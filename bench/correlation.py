@@ -5,8 +5,8 @@ feeds it for one decode batch (8 candidates, symmetric: 16 image pairs): time of
 implementations, their ratio, and which one ``use_dense`` picks. Sets
 DENSE_MAX_PIXELS_PER_SAMPLE in roma_ros/matching/local_corr.py.
 
-    .venv/bin/python bench/local_corr.py              # CPU (2 threads)
-    python3 bench/local_corr.py --device cuda         # GPU, fp32 and bf16
+    .venv/bin/python bench/correlation.py              # CPU (2 threads)
+    python3 bench/correlation.py --device cuda         # GPU, fp32 and bf16
 """
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def main() -> None:
             f0, f1 = (torch.randn(args.batch, c, side, side, device=device, dtype=dtype, generator=gen)
                       .contiguous(memory_format=torch.channels_last) for _ in range(2))
             warp = torch.rand(args.batch, 2, side, side, device=device, generator=gen) * 2 - 1
-            with torch.inference_mode():
+            # As inside RoMa's refiners: bf16 features under autocast, fp32 matches.
+            with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                                                        enabled=dtype == torch.bfloat16):
                 ref = seconds(lambda: romatch_local_correlation(f0, f1, r, warp, use_custom_corr=False), device, 3)
                 ours = seconds(lambda: dense_local_correlation(f0, f1, r, warp), device, 3)
             picks = "dense" if use_dense(side, side, r) else "romatch"
