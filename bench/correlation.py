@@ -2,8 +2,8 @@
 
 For each refiner at a given resolution (coarse 280/560, upsample 864), the shape RoMa
 feeds it for one decode batch (8 candidates, symmetric: 16 image pairs): time of both
-implementations, their ratio, and which one ``use_dense`` picks. Sets
-DENSE_MAX_PIXELS_PER_SAMPLE in roma_ros/matching/local_corr.py.
+implementations, their ratio, and which one ``use_dense`` picks. Sets the
+DENSE_MAX_PIXELS_PER_SAMPLE thresholds in roma_ros/matching/local_corr.py.
 
     .venv/bin/python bench/correlation.py              # CPU (2 threads)
     python3 bench/correlation.py --device cuda         # GPU, fp32 and bf16
@@ -67,7 +67,7 @@ def main() -> None:
                                                         enabled=dtype == torch.bfloat16):
                 ref = seconds(lambda: romatch_local_correlation(f0, f1, r, warp, use_custom_corr=False), device, 3)
                 ours = seconds(lambda: dense_local_correlation(f0, f1, r, warp), device, 3)
-            picks = "dense" if use_dense(side, side, r) else "romatch"
+            picks = "dense" if use_dense(side, side, r, dtype) else "romatch"
             print(f"{res:>4} {scale:>5} {side:>4}x{side:<4} {(2 * r + 1) ** 2:>4} {str(dtype)[6:]:>8} "
                   f"{1000 * ref:>11.1f} {1000 * ours:>9.1f} {ref / ours:>8.1f}x  {picks}")
 

@@ -60,10 +60,10 @@ def main() -> None:
     print("one query, seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
     variants = {
         "baseline (symmetric, batch 8)": ({}, contextlib.nullcontext()),
-        "romatch's local correlation": ({}, mock.patch.object(local_corr, "DENSE_MAX_PIXELS_PER_SAMPLE", 0)),
-        "dense local correlation always": ({}, mock.patch.object(local_corr, "DENSE_MAX_PIXELS_PER_SAMPLE", 10**9)),
+        "romatch's local correlation": ({}, mock.patch.object(local_corr, "use_dense", lambda *a: False)),
+        "dense local correlation always": ({}, mock.patch.object(local_corr, "use_dense", lambda *a: True)),
         "romatch's NCHW decoder layout": ({}, as_romatch_builds_it(model)),
-        "verification in one thread": ({}, mock.patch.object(os, "cpu_count", lambda: 1)),
+        "verification in one worker": ({}, mock.patch.object(os, "cpu_count", lambda: 1)),
         "batch 16": (dict(batch_size=16), contextlib.nullcontext()),
         "one-way": (dict(symmetric=False), contextlib.nullcontext()),
         "keep_vgg": (dict(keep_vgg=True), contextlib.nullcontext()),

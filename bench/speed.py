@@ -59,17 +59,17 @@ def naive_pair(model, query: np.ndarray, keyframe: np.ndarray, decision: Decisio
     return verify_fundamental(kq, kc, method=decision.method, threshold=decision.threshold).num_inliers
 
 
-def timed(fn, device: str, repeat: int) -> tuple[float, int]:
-    """Median seconds over ``repeat`` runs and the peak memory of the first."""
+def timed(fn, device: str, repeat: int) -> tuple[float, int, object]:
+    """Median seconds over ``repeat`` runs, the peak memory of the first, the last result."""
     _, _, peak = measure(fn, device)
     times = []
     for _ in range(repeat):
         sync(device)
         start = time.perf_counter()
-        fn()
+        result = fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), peak
+    return statistics.median(times), peak, result
 
 
 def config_for(args, device: str, upsample: int, precision: str) -> MatcherConfig:
@@ -89,12 +89,12 @@ def compare(args, device: str) -> None:
           f"symmetric {not args.one_way}, batch {args.batch_size}, keep_vgg {args.keep_vgg}, random weights")
     naive_repeat = args.repeat if device.startswith("cuda") else 1
     with as_romatch_builds_it(matcher.model) as model:
-        naive_s, naive_peak = timed(lambda: naive_pair(model, query, keyframes[0].image, decision),
+        naive_s, naive_peak, _ = timed(lambda: naive_pair(model, query, keyframes[0].image, decision),
                                     device, naive_repeat)
         measured_naive = {1: naive_s}
         if device.startswith("cuda"):
             for k in ks[1:]:
-                measured_naive[k], _ = timed(
+                measured_naive[k], _, _ = timed(
                     lambda k=k: [naive_pair(model, query, kf.image, decision) for kf in keyframes[:k]],
                     device, naive_repeat)
     print(f"{'K':>3} {'naive s':>9} {'ours s':>8} {'(match':>7} {'verify)':>8} {'speed-up':>9} "
@@ -102,8 +102,8 @@ def compare(args, device: str) -> None:
     for k in ks:
         reloc = Relocalizer(matcher, decision)
         reloc.set_keyframes(keyframes[:k])
-        last = reloc.process(query)  # warm-up
-        ours_s, ours_peak = timed(lambda: reloc.process(query), device, args.repeat)
+        reloc.process(query)  # warm-up
+        ours_s, ours_peak, last = timed(lambda: reloc.process(query), device, args.repeat)
         naive = measured_naive.get(k, naive_s * k)
         note = "" if k in measured_naive else "  (naive extrapolated: K x measured pair)"
         print(f"{k:>3} {naive:>9.2f} {ours_s:>8.2f} {last.timings['match']:>7.2f} {last.timings['verify']:>8.2f} "
@@ -125,7 +125,7 @@ def gpu_table(args, device: str) -> None:
             reloc.set_keyframes(keyframes)
             reloc.process(query)
             torch.cuda.empty_cache()
-            seconds, peak = timed(lambda: reloc.process(query), device, args.repeat)
+            seconds, peak, _ = timed(lambda: reloc.process(query), device, args.repeat)
             name = str(model.encoder.amp_dtype).replace("torch.", "")
             reference = reference or seconds
             print(f"{upsample or 'off':>8} {name:>9} {1000 * seconds:>9.1f} {k / seconds:>8.1f} {peak / 2**20:>8.0f}"

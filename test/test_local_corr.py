@@ -48,6 +48,13 @@ def test_non_finite_matches_read_padding():
     assert not got[0, :, 0, 0].any() and not got[0, :, 1, 1].any()
 
 
+def test_half_precision_keeps_the_matrix_for_larger_images():
+    # 140 x 140 with K = 25 (RoMa's scale 4 at 560): lookups win in fp32, tensor cores in bf16.
+    assert not local_corr.use_dense(140, 140, 2, torch.float32)
+    assert local_corr.use_dense(140, 140, 2, torch.bfloat16)
+    assert not local_corr.use_dense(216, 216, 2, torch.bfloat16)
+
+
 def test_large_images_fall_back_to_romatch(monkeypatch):
     calls = []
     monkeypatch.setattr(local_corr, "romatch_local_correlation", lambda *a, **k: calls.append(a[0].shape))

@@ -23,15 +23,21 @@ import torch
 from romatch.models import matcher as romatch_matcher
 from romatch.utils.local_correlation import local_correlation as romatch_local_correlation
 
-# Dense wins while H*W stays below this many times the window size K (measured with
-# bench/correlation.py: 1.6x faster at H*W = 196 K on a 2-core CPU, 10-100x at 25-50 K).
+# Dense wins while H*W stays below this many times the window size K. Measured with
+# bench/correlation.py (bench/results/): fp32 on a 2-core CPU 1.7x faster at 196 K, 0.5x at
+# 784 K; fp32 on an H200 1.8x at 238 K, 0.4x at 784 K; bf16 on an H200 (tensor cores) 3.3x
+# at 784 K, 0.8x at 1866 K.
 DENSE_MAX_PIXELS_PER_SAMPLE = 256
+DENSE_MAX_PIXELS_PER_SAMPLE_HALF = 1024
 # Correlation entries computed at once (fp32: 128 MB): bounds the memory the matrix costs.
 CHUNK_ELEMENTS = 2**25
 
 
-def use_dense(h: int, w: int, radius: int) -> bool:
-    return h * w <= DENSE_MAX_PIXELS_PER_SAMPLE * (2 * radius + 1) ** 2
+def use_dense(h: int, w: int, radius: int, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the correlation matrix is cheaper than romatch's lookups for this refiner."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    ratio = DENSE_MAX_PIXELS_PER_SAMPLE_HALF if half else DENSE_MAX_PIXELS_PER_SAMPLE
+    return h * w <= ratio * (2 * radius + 1) ** 2
 
 
 def dense_local_correlation(feature0: torch.Tensor, feature1: torch.Tensor, radius: int,
@@ -76,7 +82,7 @@ def local_correlation(feature0: torch.Tensor, feature1: torch.Tensor, local_radi
                       sample_mode: str = "bilinear") -> torch.Tensor:
     """Drop-in for romatch's ``local_correlation``: dense where it pays, romatch's otherwise."""
     h, w = feature0.shape[-2:]
-    if padding_mode == "zeros" and sample_mode == "bilinear" and use_dense(h, w, local_radius):
+    if padding_mode == "zeros" and sample_mode == "bilinear" and use_dense(h, w, local_radius, feature0.dtype):
         return dense_local_correlation(feature0, feature1, local_radius, warp)
     return romatch_local_correlation(feature0, feature1, local_radius, warp, use_custom_corr=use_custom_corr,
                                      padding_mode=padding_mode, sample_mode=sample_mode)
