@@ -63,7 +63,7 @@ def main() -> None:
         "romatch's local correlation": ({}, mock.patch.object(local_corr, "use_dense", lambda *a: False)),
         "dense local correlation always": ({}, mock.patch.object(local_corr, "use_dense", lambda *a: True)),
         "romatch's NCHW decoder layout": ({}, as_romatch_builds_it(model)),
-        "verification in one worker": ({}, mock.patch.object(os, "cpu_count", lambda: 1)),
+        "verification in one thread": ({}, mock.patch.object(os, "cpu_count", lambda: 1)),
         "batch 16": (dict(batch_size=16), contextlib.nullcontext()),
         "one-way": (dict(symmetric=False), contextlib.nullcontext()),
         "keep_vgg": (dict(keep_vgg=True), contextlib.nullcontext()),

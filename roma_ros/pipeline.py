@@ -5,12 +5,10 @@ tests and benchmarks drive the same code directly.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,26 +154,22 @@ class Relocalizer:
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
-        with verifier(decision) as verify:
-            with self._compute:  # timings start inside: waiting for a keyframe addition is not encoding
-                start = time.perf_counter()
-                query_prepared = self.matcher.prepare(query)
-                timings["encode"] = time.perf_counter() - start
-                start = time.perf_counter()
-                query_descriptor = None if descriptors is None else self.matcher.describe(query_prepared)
-                indices, similarities = shortlist(descriptors, query_descriptor, decision.top_k, len(keyframes))
-                timings["shortlist"] = time.perf_counter() - start
-                start = time.perf_counter()
-                all_matches, checks = [], []
-                for matches in self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices]):
-                    all_matches.append(matches)
-                    checks.append(verify(matches))  # runs while later candidates decode
-                timings["match"] = time.perf_counter() - start
+        with self._compute:  # timings start inside: waiting for a keyframe addition is not encoding
             start = time.perf_counter()
-            verifications = [check.result() for check in checks]
-            timings["verify"] = time.perf_counter() - start  # checks still running after the last match
+            query_prepared = self.matcher.prepare(query)
+            timings["encode"] = time.perf_counter() - start
+            start = time.perf_counter()
+            query_descriptor = None if descriptors is None else self.matcher.describe(query_prepared)
+            indices, similarities = shortlist(descriptors, query_descriptor, decision.top_k, len(keyframes))
+            timings["shortlist"] = time.perf_counter() - start
+            start = time.perf_counter()
+            all_matches = self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices])
+            timings["match"] = time.perf_counter() - start
+        start = time.perf_counter()
+        verifications = verify_all(all_matches, decision)
         candidates = [CandidateResult(i, m, v, sim)
                       for i, sim, m, v in zip(indices, similarities, all_matches, verifications)]
+        timings["verify"] = time.perf_counter() - start
         best = max(candidates, key=lambda c: (c.score, c.inliers))
         why = decide(best, decision)
         if why and best.inliers == 0:  # nothing verified: "best" is only the first tried
@@ -185,20 +179,23 @@ class Relocalizer:
         return QueryResult(candidates, best, not why, why, timings, keyframes)
 
 
-@contextlib.contextmanager
-def verifier(decision: DecisionConfig) -> Iterator[Callable[[Matches], Future[Verification]]]:
-    """Start fundamental-matrix checks in worker threads. OpenCV releases the GIL, so the
-    checks run on other cores while the matcher decodes the next candidates; with weak
-    matches each can run all max_iters (tens to hundreds of ms), which in one thread cost
-    a GPU machine more than the matching. Threads start only as checks queue up."""
+def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Verification]:
+    """One fundamental-matrix check per candidate, in parallel threads: OpenCV releases
+    the GIL, and with weak matches each check can run all max_iters (tens to hundreds
+    of ms). On an H200 this took K=10 from 791 to 484 ms per query. The checks start
+    after matching: overlapping them with decoding measured slower (GIL contention with
+    the thread driving the GPU; bench/results/gpu-h200-run5-overlap.log)."""
 
-    def check(matches: Matches) -> Verification:
-        return verify_fundamental(matches.kpts_query, matches.kpts_candidate, method=decision.method,
+    def verify(m: Matches) -> Verification:
+        return verify_fundamental(m.kpts_query, m.kpts_candidate, method=decision.method,
                                   threshold=decision.threshold, confidence=decision.confidence,
                                   max_iters=decision.max_iters)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="verify") as pool:
-        yield lambda matches: pool.submit(check, matches)
+    workers = min(len(all_matches), os.cpu_count() or 1)
+    if workers <= 1:
+        return [verify(m) for m in all_matches]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+        return list(pool.map(verify, all_matches))
 
 
 def decide(best: CandidateResult, decision: DecisionConfig) -> str:

@@ -128,7 +128,7 @@ def test_query_vgg_runs_once_however_many_batches(roma_model, images):
     calls = []
     original = matcher.completed
     matcher.completed = lambda enc, *args: calls.append(enc.size) or original(enc, *args)
-    assert len(list(matcher.match_prepared(query, cands))) == 3
+    assert len(matcher.match_prepared(query, cands)) == 3
     assert calls.count(a.shape[:2]) == 2  # the query once (not once per batch) + candidate a
 
 

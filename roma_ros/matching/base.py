@@ -6,7 +6,7 @@ internal resolution.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -127,9 +127,8 @@ class Matcher(Protocol):
         """Per-keyframe work, done once."""
         ...
 
-    def match_prepared(self, query: Any, candidates: Sequence[Any]) -> Iterator[Matches]:
-        """Match a prepared query against prepared candidates: one Matches each, in order,
-        yielded as soon as it is ready so callers can verify it while the rest decode."""
+    def match_prepared(self, query: Any, candidates: Sequence[Any]) -> list[Matches]:
+        """Match a prepared query against prepared candidates, one Matches each."""
         ...
 
     def describe(self, prepared: Any) -> np.ndarray | None:

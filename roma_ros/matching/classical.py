@@ -5,7 +5,7 @@ reference to show how much RoMa gains under large viewpoint change.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -55,11 +55,11 @@ class ClassicalMatcher:
         """Match two RGB uint8 images; certainty is 1 - d1/d2 of the ratio test, best first."""
         check_rgb_image(query_rgb, "query image")
         check_rgb_image(candidate_rgb, "candidate image")
-        return self._match_features(self.prepare(query_rgb), self.prepare(candidate_rgb))
+        return self.match_prepared(self.prepare(query_rgb), [self.prepare(candidate_rgb)])[0]
 
-    def match_prepared(self, query: SiftFeatures, candidates: Sequence[SiftFeatures]) -> Iterator[Matches]:
-        """Match prepared query features against prepared candidates, one at a time."""
-        return (self._match_features(query, c) for c in candidates)
+    def match_prepared(self, query: SiftFeatures, candidates: Sequence[SiftFeatures]) -> list[Matches]:
+        """Match prepared query features against prepared candidates."""
+        return [self._match_features(query, c) for c in candidates]
 
     def describe(self, prepared: SiftFeatures) -> None:
         """No global descriptor: every keyframe is a candidate."""

@@ -351,21 +351,22 @@ class RomaMatcher(DenseMatcher):
         anyway: generalized-mean (p=3) pooling of the patch tokens, L2-normalized."""
         return gem_descriptor(encoded.dino)
 
-    def match_prepared(self, query: EncodedImage, candidates: Sequence[EncodedImage]) -> Iterator[Matches]:
-        """Decode the (once-encoded) query against the candidates in batches, yielding each
-        batch's matches before decoding the next; the query's decoder inputs (VGG +
-        projections) are computed once, not once per batch."""
+    def match_prepared(self, query: EncodedImage, candidates: Sequence[EncodedImage]) -> list[Matches]:
+        """Decode the (once-encoded) query against the candidates in batches; its decoder
+        inputs (VGG + projections) are computed once, not once per batch."""
         query = replace(query, ready=self.decoder_inputs(query))
         out_q = self.output_hw(query.size)
+        results: list[Matches] = []
         step = self.config.batch_size
         for start in range(0, len(candidates), step):
             chunk = list(candidates[start:start + step])
             for dense, cand in zip(self.decode(query, chunk), chunk):
-                yield self.sample(dense, out_q, self.output_hw(cand.size))
+                results.append(self.sample(dense, out_q, self.output_hw(cand.size)))
+        return results
 
     def match_many(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
         """Match one query against several candidate images."""
-        return list(self.match_prepared(self.prepare(query), [self.prepare(c) for c in candidates]))
+        return self.match_prepared(self.prepare(query), [self.prepare(c) for c in candidates])
 
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
         return self.match_many(query, [candidate])[0]

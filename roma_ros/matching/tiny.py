@@ -7,7 +7,7 @@ besides the checkpoint itself.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -53,8 +53,8 @@ class TinyRomaMatcher(DenseMatcher):
         check_rgb_image(rgb, "image")
         return rgb
 
-    def match_prepared(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> Iterator[Matches]:
-        return (self.match(query, c) for c in candidates)
+    def match_prepared(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
+        return [self.match(query, c) for c in candidates]
 
     def describe(self, prepared: np.ndarray) -> None:
         """No global descriptor: Tiny RoMa has no DINOv2 features, so no shortlist."""
