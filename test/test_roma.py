@@ -132,6 +132,22 @@ def test_query_vgg_runs_once_however_many_batches(roma_model, images):
     assert calls.count(a.shape[:2]) == 2  # the query once (not once per batch) + candidate a
 
 
+def test_refiners_use_the_dense_correlation_only_while_decoding(roma_model, images, monkeypatch):
+    from romatch.models import matcher as romatch_matcher
+
+    from roma_ros.matching import local_corr
+
+    original = romatch_matcher.local_correlation
+    radii = []
+    dense = local_corr.dense_local_correlation
+    monkeypatch.setattr(local_corr, "dense_local_correlation", lambda f0, f1, r, warp: radii.append(r) or dense(
+        f0, f1, r, warp))
+    matcher = RomaMatcher(roma_config(num_samples=100), model=roma_model)
+    matcher.match(*images)
+    assert radii == [7, 3, 2]  # RoMa's refiners at 1/16, 1/8 and 1/4, all small enough here
+    assert romatch_matcher.local_correlation is original
+
+
 @pytest.mark.parametrize("bad", [dict(coarse_res=100), dict(batch_size=0), dict(upsample_res=90), dict(num_samples=0),
                                  dict(model="roma_v9"), dict(sampler="kde")])
 def test_bad_configuration_is_rejected(bad):

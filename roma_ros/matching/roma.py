@@ -156,8 +156,8 @@ class RomaMatcher(DenseMatcher):
     def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None) -> None:
         super().__init__(config, model, build_roma)
         apply_settings(self.model, config)
-        # Same arithmetic; oneDNN and cuDNN run these convolutions much faster channels-last
-        # (bench/speed.py: a third off the CPU decode). Converts the weights in place.
+        # Same arithmetic; oneDNN runs these convolutions much faster channels-last (a quarter
+        # off the CPU decode; 3% on an H200, bench/gpu_profile.py). Converts weights in place.
         self.model.decoder.to(memory_format=torch.channels_last)
         self._decoder = projection_free(self.model.decoder)
         self.coarse_hw = (config.coarse_res, config.coarse_res)
