@@ -183,8 +183,8 @@ def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Ver
     """One fundamental-matrix check per candidate, in parallel threads: OpenCV releases
     the GIL, and with weak matches each check can run all max_iters (tens to hundreds
     of ms). On an H200 this took K=10 from 791 to 484 ms per query. The checks start
-    after matching: overlapping them with decoding measured slower (GIL contention with
-    the thread driving the GPU; bench/results/gpu-h200-run5-overlap.log)."""
+    after matching: overlapping them with decoding measured slower in the one run that
+    tried it (bench/results/gpu-h200-run5-overlap.log)."""
 
     def verify(m: Matches) -> Verification:
         return verify_fundamental(m.kpts_query, m.kpts_candidate, method=decision.method,

@@ -140,8 +140,12 @@ def test_refiners_use_the_dense_correlation_only_while_decoding(roma_model, imag
     original = romatch_matcher.local_correlation
     radii = []
     dense = local_corr.dense_local_correlation
-    monkeypatch.setattr(local_corr, "dense_local_correlation", lambda f0, f1, r, warp: radii.append(r) or dense(
-        f0, f1, r, warp))
+
+    def counted(f0, f1, radius, warp):
+        radii.append(radius)
+        return dense(f0, f1, radius, warp)
+
+    monkeypatch.setattr(local_corr, "dense_local_correlation", counted)
     matcher = RomaMatcher(roma_config(num_samples=100), model=roma_model)
     matcher.match(*images)
     assert radii == [7, 3, 2]  # RoMa's refiners at 1/16, 1/8 and 1/4, all small enough here
