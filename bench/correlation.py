@@ -11,33 +11,18 @@ DENSE_MAX_PIXELS_PER_SAMPLE thresholds in roma_ros/matching/local_corr.py.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from romatch.utils.local_correlation import local_correlation as romatch_local_correlation
 
 from roma_ros.matching.device import resolve_device
 from roma_ros.matching.local_corr import dense_local_correlation, use_dense
+from speed import timed
 
 # (resolution, scale, channels, radius): RoMa's refiners with a local correlation.
 REFINERS = [(280, 16, 512, 7), (280, 8, 512, 3), (280, 4, 256, 2),
             (560, 16, 512, 7), (560, 8, 512, 3), (560, 4, 256, 2),
             (864, 8, 512, 3), (864, 4, 256, 2)]
-
-
-def seconds(fn, device: str, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -65,8 +50,8 @@ def main() -> None:
             # As inside RoMa's refiners: bf16 features under autocast, fp32 matches.
             with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
                                                         enabled=dtype == torch.bfloat16):
-                ref = seconds(lambda: romatch_local_correlation(f0, f1, r, warp, use_custom_corr=False), device, 3)
-                ours = seconds(lambda: dense_local_correlation(f0, f1, r, warp), device, 3)
+                ref = timed(lambda: romatch_local_correlation(f0, f1, r, warp, use_custom_corr=False), device, 3)[0]
+                ours = timed(lambda: dense_local_correlation(f0, f1, r, warp), device, 3)[0]
             picks = "dense" if use_dense(side, side, r, dtype) else "romatch"
             print(f"{res:>4} {scale:>5} {side:>4}x{side:<4} {(2 * r + 1) ** 2:>4} {str(dtype)[6:]:>8} "
                   f"{1000 * ref:>11.1f} {1000 * ours:>9.1f} {ref / ours:>8.1f}x  {picks}")

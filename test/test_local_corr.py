@@ -35,7 +35,7 @@ def test_dense_equals_romatch(radius, hw):
 def test_chunked_matrix_gives_the_same_result(monkeypatch):
     f0, f1, warp = inputs(2, 8, 9, 10)
     whole = local_corr.dense_local_correlation(f0, f1, 2, warp)
-    monkeypatch.setattr(local_corr, "CHUNK_ELEMENTS", 7 * 90)  # 7-row slices of the (90 x 90) matrix
+    monkeypatch.setattr(local_corr, "CHUNK_ELEMENTS", 2 * 7 * 90)  # 7-row slices of both (90 x 90) matrices
     torch.testing.assert_close(local_corr.dense_local_correlation(f0, f1, 2, warp), whole)
 
 
