@@ -14,10 +14,13 @@ distros that validate fields (Humble/Jazzy), which would take ~0.1 s for one 640
 from __future__ import annotations
 
 import array
+import io
+import struct
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from PIL import JpegImagePlugin, PngImagePlugin
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Vector3
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
@@ -27,7 +30,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 from roma_ros.imageio import quiet_opencv, to_uint8
 
 __all__ = [
+    "FRAME_FAULTS",
     "ImageConversionError",
+    "MIN_IMAGE_SIDE",
     "MATCH_FIELDS",
     "SUPPORTED_ENCODINGS",
     "compressed_msg_to_rgb",
@@ -61,8 +66,53 @@ _TO_RGB = {
 }
 
 
+# Why a frame was rejected: a fixed set, so the node can throttle its logs by cause.
+FRAME_FAULTS = ("encoding", "size", "corrupt", "too_large", "too_small", "invalid")
+
+# Smaller frames carry nothing to match, yet RoMa (resizing them up) still "finds" thousands.
+MIN_IMAGE_SIDE = 32
+
+
 class ImageConversionError(ValueError):
-    """An image message that cannot be turned into pixels; the message says what to change."""
+    """An image message that cannot be turned into pixels; the message says what to change.
+
+    ``kind`` is one of FRAME_FAULTS.
+    """
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind if kind in FRAME_FAULTS else "invalid"
+
+
+def check_frame_size(width: int, height: int, max_pixels: int | None, min_side: int, what: str) -> None:
+    """Reject a frame by its size before any pixel is copied or decoded (bounded memory)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageConversionError(
+            f"image too large: {what} is {width}x{height} = {width * height / 1e6:.1f} MP > "
+            f"max_image_pixels {max_pixels / 1e6:.1f} MP; resize at the camera driver (image_proc's "
+            "resize) or raise max_image_pixels", "too_large")
+    if min(width, height) < min_side:
+        raise ImageConversionError(
+            f"image too small: {what} is {width}x{height}, below the minimum side of {min_side} pixels; "
+            "check the camera driver", "too_small")
+
+
+def compressed_size(data: bytes | memoryview | np.ndarray, fmt: str) -> tuple[int, int]:
+    """(width, height) from a PNG or JPEG header without decoding any pixel: Pillow's parsers
+    read only the PNG IHDR / JPEG SOF (used directly, so Pillow's own bomb limit does not
+    stand in for max_image_pixels); a small payload cannot claim gigabytes unseen."""
+    head = bytes(data[:8])
+    parser = (PngImagePlugin.PngImageFile if head.startswith(b"\x89PNG") else
+              JpegImagePlugin.JpegImageFile if head.startswith(b"\xff\xd8") else None)
+    try:
+        if parser is None:
+            raise SyntaxError("neither a PNG nor a JPEG signature")
+        with parser(io.BytesIO(data)) as header:
+            return header.size
+    except (OSError, SyntaxError, ValueError, struct.error, IndexError) as exc:
+        raise ImageConversionError(
+            f"corrupt or empty compressed image (format '{fmt}', {len(data)} bytes): no readable JPEG or PNG "
+            f"header ({exc}); only jpeg and png are decoded (not compressedDepth)", "corrupt") from None
 
 
 def _header(header: Header | None) -> Header:
@@ -80,33 +130,35 @@ def _decoded_to_rgb(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
 
 
-def image_msg_to_rgb(msg: Image) -> np.ndarray:
+def image_msg_to_rgb(msg: Image, max_pixels: int | None = None, min_side: int = 1) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB, a fresh array that does not share msg's memory.
 
     Honours ``step`` (padded rows) and ``is_bigendian`` (mono16). mono16 is scaled to 8 bit by the
-    image's maximum (see ``roma_ros.imageio.to_uint8``).
+    image's maximum (see ``roma_ros.imageio.to_uint8``). Frames over ``max_pixels`` or with a side
+    under ``min_side`` are rejected before any copy.
     """
     enc = _ALIASES.get(msg.encoding, msg.encoding)
     if enc not in _ENCODINGS:
         raise ImageConversionError(
             f"unsupported encoding '{msg.encoding}': publish rgb8, bgr8, rgba8, bgra8, mono8 or "
-            "mono16, or use image/compressed")
+            "mono16, or use image/compressed", "encoding")
     channels, depth = _ENCODINGS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise ImageConversionError(
             f"zero-size image ({w}x{h}, encoding '{msg.encoding}'): the publisher sent no pixels; "
-            "check the camera driver")
+            "check the camera driver", "size")
+    check_frame_size(w, h, max_pixels, min_side, f"the {msg.encoding} frame")
     row_bytes = w * channels * depth
     if step < row_bytes:
         raise ImageConversionError(
             f"wrong step/size: step {step} < width {w} * {channels * depth} bytes per pixel "
-            f"({msg.encoding}); set step to at least {row_bytes}")
+            f"({msg.encoding}); set step to at least {row_bytes}", "size")
     data = msg.data
     if len(data) < step * h:
         raise ImageConversionError(
             f"wrong step/size: {len(data)} bytes of data but step {step} * height {h} = "
-            f"{step * h}; the message is truncated or height/step are wrong")
+            f"{step * h}; the message is truncated or height/step are wrong", "size")
     dtype = np.dtype(np.uint8) if depth == 1 else np.dtype(">u2" if msg.is_bigendian else "<u2")
     # A strided view over the message buffer skips row padding without copying.
     view = np.ndarray((h, w, channels), dtype, buffer=memoryview(data),
@@ -118,23 +170,33 @@ def image_msg_to_rgb(msg: Image) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0] if channels == 1 else img), code)
 
 
-def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
+def compressed_msg_to_rgb(msg: CompressedImage, max_pixels: int | None = None, min_side: int = 1) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg, png incl. 16-bit and gray) -> (H, W, 3) uint8 RGB.
 
-    OpenCV decodes to BGR(A), which matches what image_transport's compressed plugin encodes.
+    The size is read from the header first: a frame over ``max_pixels`` (a decompression bomb:
+    a few hundred KB of PNG can claim 20000x20000) or with a side under ``min_side`` is rejected
+    without decoding. OpenCV decodes to BGR(A), which matches what image_transport's compressed
+    plugin encodes; libpng/libjpeg complaints end up in the error, not on stderr.
     """
     buf = np.frombuffer(msg.data, np.uint8)
-    with quiet_opencv():
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if img is None or img.size == 0:
+    if buf.size == 0:
+        raise ImageConversionError(f"corrupt or empty compressed image (format '{msg.format}', 0 bytes): "
+                                   "check the publisher", "corrupt")
+    width, height = compressed_size(buf, msg.format)
+    check_frame_size(width, height, max_pixels, min_side, f"the compressed frame (format '{msg.format}')")
+    with quiet_opencv() as codec:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0 or img.shape[:2] != (height, width):
+        said = f" ({'; '.join(codec)})" if codec else ""
         raise ImageConversionError(
-            f"corrupt or empty compressed image (format '{msg.format}', {buf.size} bytes): "
-            "only jpeg and png are decoded (not compressedDepth); check the publisher")
+            f"corrupt or empty compressed image (format '{msg.format}', {buf.size} bytes, header "
+            f"{width}x{height}): "
+            f"OpenCV could not decode it{said}; check the publisher", "corrupt")
     if img.dtype != np.uint8:
         if img.dtype != np.uint16:
             raise ImageConversionError(
                 f"unsupported compressed pixel type {img.dtype} (format '{msg.format}'): "
-                "publish 8- or 16-bit jpeg/png")
+                "publish 8- or 16-bit jpeg/png", "encoding")
         img = to_uint8(img)
     return _decoded_to_rgb(img)
 

@@ -1,10 +1,12 @@
 """Keyframe features kept on disk next to the keyframes, so a restart does not re-encode.
 
-Files live in ``<keyframes_dir>/.cache/<key>/<image file>.pt``. The key names
-everything the features depend on (model, checkpoint identity, resolution,
-precision), so changing any of them simply uses another folder; each file also
+Files live in ``<keyframes_dir>/.cache/<key>/<name>-<hash>.pt`` (keyframes.cache_file_name:
+a hash of the image's resolved path, so no index entry can steer a write outside the
+folder). The key names everything the features depend on (model, checkpoint identity,
+resolution, precision), so changing any of them simply uses another folder; each file also
 records a digest of the keyframe's pixels, so an edited image is re-encoded.
-A file that cannot be read is reported and recomputed, never fatal.
+A file that cannot be read is reported and recomputed, never fatal. A ``.cache`` that is a
+symlink or lies outside the folder is refused with a warning: features then stay in memory.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import numpy as np
 import torch
 
 from roma_ros.imageio import save_bytes
+from roma_ros.keyframes import CACHE_DIR, UnsafeFolderError, cache_file_name, confined_subdir
 
-CACHE_DIR = ".cache"
+__all__ = ["CACHE_DIR", "FeatureCache", "cache_for", "image_digest"]
 
 
 def image_digest(rgb: np.ndarray) -> str:
@@ -37,15 +40,20 @@ class FeatureCache:
     """Reads and writes one state dict of tensors per keyframe image."""
 
     def __init__(self, keyframes_dir: str | Path, key: str) -> None:
-        self.folder = Path(keyframes_dir) / CACHE_DIR / key
+        self.directory = Path(keyframes_dir)
         self.stats = CacheStats()
+        self.folder: Path | None = None  # None: refused, features are kept in memory only
+        try:
+            self.folder = confined_subdir(confined_subdir(self.directory, CACHE_DIR), key)
+        except UnsafeFolderError as exc:
+            self.stats.warnings.append(f"feature cache refused: {exc}; keyframe features are kept in memory only")
 
-    def path(self, image_file: str) -> Path:
-        return self.folder / f"{image_file}.pt"
+    def path(self, image_file: str) -> Path | None:
+        return None if self.folder is None else self.folder / cache_file_name(self.directory, image_file)
 
     def load(self, image_file: str, digest: str) -> dict[str, torch.Tensor] | None:
         path = self.path(image_file)
-        if not path.is_file():
+        if path is None or not path.is_file():
             return None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -57,9 +65,12 @@ class FeatureCache:
             return None
 
     def save(self, image_file: str, digest: str, features: dict[str, torch.Tensor]) -> None:
+        path = self.path(image_file)
+        if path is None:
+            return
         buffer = io.BytesIO()
         torch.save({"digest": digest, "features": features}, buffer)
-        save_bytes(self.path(image_file), buffer.getvalue())
+        save_bytes(path, buffer.getvalue())
 
     def prepare(self, matcher: Any, image_file: str, rgb: np.ndarray) -> Any:
         """The matcher's prepared keyframe, from disk when cached, else computed and stored."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,41 @@ class ImageFileError(ValueError):
     """An image file is missing, unreadable or empty."""
 
 
+_STDERR_LOCK = threading.Lock()
+_CODEC_LINE = ("libpng", "Corrupt JPEG", "Premature end of JPEG", "Invalid SOS", "Bogus ", "Not a JPEG",
+               "Unsupported JPEG", "Wrong JPEG", "Huffman", "Invalid JPEG")
+
+
 @contextlib.contextmanager
-def quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own stderr logging while decoding: a corrupt file is reported
-    once, by our error, not by three lines of libpng chatter."""
+def quiet_opencv() -> Iterator[list[str]]:
+    """Silence OpenCV while decoding, and catch what its codecs print.
+
+    OpenCV's logger is switched off, and libpng/libjpeg, which write straight to the
+    process's stderr (file descriptor 2), write into a temp file instead. Their lines are
+    handed back in the yielded list (for our own error message, logged through the node's
+    throttle); any other line that landed there meanwhile (another thread's log) is written
+    back to stderr, so nothing else is lost.
+    """
+    codec: list[str] = []
     previous = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        yield
+        with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield codec
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                other = []
+                for line in sink.read().decode(errors="replace").splitlines(keepends=True):
+                    (codec if line.startswith(_CODEC_LINE) else other).append(line)
+                codec[:] = [line.strip() for line in codec]
+                if other:
+                    os.write(2, "".join(other).encode())
     finally:
         cv2.utils.logging.setLogLevel(previous)
 
@@ -80,10 +109,39 @@ def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries to disk: a rename (or a new file) lives in its directory,
+    so without this a power loss can undo it even though the file's data was synced."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace`` that survives a power loss: fsync the target's folder (and the source's,
+    when it differs) after the rename."""
+    src, dst = Path(src), Path(dst)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent.resolve() != dst.parent.resolve():
+        fsync_dir(src.parent)
+
+
+def make_dirs_durably(folder: Path) -> None:
+    """``mkdir -p`` whose new folders survive a power loss (each parent is synced)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_dir(created.parent)
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temp file in the same folder and rename it, so readers and crashes
-    never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    never see a half-written file; the file, then its folder, are synced, so a power loss
+    cannot lose an acknowledged write either."""
+    make_dirs_durably(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -91,7 +149,7 @@ def _atomic_write(path: Path, write) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; keyframes are ordinary files
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -9,11 +9,17 @@ a rename, so a crash never leaves a half-written image or index.
 Hidden sub-folders belong to the tools: ``.cache/`` (feature_cache.py), ``.trash/``
 (images of a removal in progress) and ``.unreadable/`` (images ``check --repair``
 moved aside). ``roma-keyframes`` (keyframes_cli.py) is the command line for all this.
+
+Nothing is ever written outside the folder: an index entry may name an image elsewhere
+(it is read, never written next to), cache files are named by a hash of the image's
+resolved path, and a ``.cache`` or ``.trash`` that is a symlink or resolves outside the
+folder is refused (``confined_subdir``).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +28,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from roma_ros.imageio import ImageFileError, load_rgb, save_bytes, save_rgb
+from roma_ros.imageio import ImageFileError, fsync_dir, load_rgb, replace_durably, save_bytes, save_rgb
 
 INDEX_FILE = "keyframes.yaml"
 DEFAULT_DIR = "~/.ros/roma_ros/keyframes"  # the node's keyframes_dir when its parameter is empty
-CACHE_DIR = ".cache"  # = feature_cache.CACHE_DIR (not imported here: that module loads torch)
+CACHE_DIR = ".cache"  # feature_cache.py keeps its files here
 TRASH_DIR = ".trash"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
@@ -68,6 +74,34 @@ class RemovedKeyframe:
     deleted: list[Path]  # the image (unless still used elsewhere) and its feature-cache files
 
 
+class UnsafeFolderError(OSError):
+    """A tool folder (.cache, .trash) is a symlink or lies outside keyframes_dir."""
+
+
+def confined_subdir(directory: Path, name: str) -> Path:
+    """``directory/name`` for files the tools write; refused (UnsafeFolderError) when it is a
+    symlink or resolves outside ``directory``, so a planted link cannot redirect writes."""
+    folder = Path(directory) / name
+    if folder.is_symlink():
+        raise UnsafeFolderError(f"'{folder}' is a symlink; roma_ros writes only inside the keyframe folder: "
+                                "replace the link by a real folder (or delete it)")
+    if folder.exists() and folder.resolve().parent != Path(directory).resolve():
+        raise UnsafeFolderError(f"'{folder}' resolves to '{folder.resolve()}', outside the keyframe folder: "
+                                "delete it")
+    return folder
+
+
+def cache_file_name(directory: Path, image_file: str) -> str:
+    """Feature-cache file name of ``image_file``: its sanitised file name plus a hash of its
+    resolved path (relative to the folder when inside it, so moving the folder keeps the
+    cache). The index's ``image:`` value never becomes a path under ``.cache/``."""
+    root = Path(directory).resolve()
+    resolved = (root / image_file).resolve()
+    ident = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image_file).name)[:64].strip("._") or "image"
+    return f"{stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.pt"
+
+
 def entry_name(entry: dict[str, Any]) -> str:
     """The name ``load`` gives an index entry."""
     return str(entry.get("name") or Path(str(entry["image"])).stem)
@@ -100,6 +134,10 @@ class KeyframeStore:
 
     def _read_index(self) -> list[dict[str, Any]]:
         self._index_unreadable = False
+        if self.index_path.exists() and not self.index_path.is_file():
+            self.warnings.append(f"{self.index_path} is not a file (a folder?): rename or delete it; using the "
+                                 "image files alone until then")
+            return []
         if not self.index_path.is_file():
             return []
         try:
@@ -118,6 +156,10 @@ class KeyframeStore:
     def load(self) -> list[Keyframe]:
         """All readable keyframes in index order; unreadable ones are skipped with a warning."""
         self.warnings = []
+        if self.directory.exists() and not self.directory.is_dir():
+            self.warnings.append(f"keyframes_dir '{self.directory}' is a file, not a folder: no keyframes. "
+                                 "Set keyframes_dir to a folder.")
+            return []
         if not self.directory.is_dir():
             self.warnings.append(
                 f"keyframes_dir '{self.directory}' does not exist: no keyframes yet. "
@@ -166,7 +208,7 @@ class KeyframeStore:
         """Move an unreadable keyframes.yaml aside (for the user to repair) before writing a new one."""
         now = dt.datetime.now(dt.timezone.utc)
         backup = self.index_path.with_name(f"{INDEX_FILE}.unreadable-{now:%Y%m%d%H%M%S}")
-        self.index_path.replace(backup)
+        replace_durably(self.index_path, backup)
         self._index_unreadable = False
         return backup
 
@@ -177,10 +219,15 @@ class KeyframeStore:
         return path if parent == root or root in parent.parents else None
 
     def cache_files(self, image_file: str) -> list[Path]:
-        """Feature-cache files of ``image_file``, one per cache key (model, resolution...)."""
-        cache = self.directory / CACHE_DIR
-        folders = sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []
-        return [f for f in (folder / f"{image_file}.pt" for folder in folders) if f.is_file()]
+        """Feature-cache files of ``image_file``, one per cache key (model, resolution...);
+        none when ``.cache`` is not a folder of its own (never follows a link out)."""
+        try:
+            cache = confined_subdir(self.directory, CACHE_DIR)
+        except UnsafeFolderError:
+            return []
+        folders = sorted(p for p in cache.iterdir() if p.is_dir() and not p.is_symlink()) if cache.is_dir() else []
+        name = cache_file_name(self.directory, image_file)
+        return [f for f in (folder / name for folder in folders) if f.is_file()]
 
     def _unique_name(self, wanted: str, taken: set[str]) -> str:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", wanted).strip("._") or "keyframe"
@@ -194,24 +241,36 @@ class KeyframeStore:
             pose: Pose | None = None) -> Keyframe:
         """Store ``image`` as a new keyframe after ``existing`` (the current load order).
 
-        The image file is written first, then the index; a crash in between leaves an
-        extra image that the next load still finds as a keyframe. Index entries are kept
-        as written, including ones that cannot be loaded at the moment.
+        The image file is written first, then the index; when the index write fails the
+        image is deleted again, so a failed add leaves nothing behind. Only a crash in
+        between leaves an extra image, which the next load finds as a keyframe. Index
+        entries are kept as written, including ones that cannot be loaded at the moment.
         """
+        if self.directory.exists() and not self.directory.is_dir():
+            raise NotADirectoryError(f"keyframes_dir '{self.directory}' is a file, not a folder: set keyframes_dir "
+                                     "to a folder")
+        if self.index_path.exists() and not self.index_path.is_file():
+            raise IsADirectoryError(f"'{self.index_path}' is not a file (a folder?): rename or delete it, then add "
+                                    "again")
         self.directory.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.timezone.utc)
         name = self._unique_name(name or now.strftime("kf_%Y%m%d_%H%M%S_%f"), {k.name for k in existing})
         keyframe = Keyframe(name=name, image_file=f"{name}.png", image=image, pose=pose,
                             added=now.isoformat(timespec="seconds"))
-        save_rgb(self.directory / keyframe.image_file, image)
-        raw = self._read_index()
-        if self._index_unreadable and self.index_path.exists():
-            self.backup_unreadable_index()  # keep the user's broken index for repair
-            raw = []
-        # Entries that could not be loaded right now (image missing, bad pose) stay listed.
-        indexed = {str(e["image"]) for e in raw if isinstance(e, dict) and "image" in e}
-        unindexed = [k.to_entry() for k in existing if k.image_file not in indexed]
-        self.write_index(raw + unindexed + [keyframe.to_entry()])
+        image_path = save_rgb(self.directory / keyframe.image_file, image)
+        try:
+            raw = self._read_index()
+            if self._index_unreadable and self.index_path.exists():
+                self.backup_unreadable_index()  # keep the user's broken index for repair
+                raw = []
+            # Entries that could not be loaded right now (image missing, bad pose) stay listed.
+            indexed = {str(e["image"]) for e in raw if isinstance(e, dict) and "image" in e}
+            unindexed = [k.to_entry() for k in existing if k.image_file not in indexed]
+            self.write_index(raw + unindexed + [keyframe.to_entry()])
+        except BaseException:  # a failed add leaves nothing behind for the next load to find
+            image_path.unlink(missing_ok=True)
+            fsync_dir(self.directory)
+            raise
         return keyframe
 
     def remove(self, name: str) -> RemovedKeyframe:
@@ -251,15 +310,15 @@ class KeyframeStore:
         path = None if shared else self.own_file(image_file)
         trashed = None
         if path is not None and path.is_file():
-            trashed = self.directory / TRASH_DIR / image_file
+            trashed = confined_subdir(self.directory, TRASH_DIR) / image_file
             trashed.parent.mkdir(parents=True, exist_ok=True)
-            path.replace(trashed)
+            replace_durably(path, trashed)
         if number is not None:
             try:
                 self.write_index(rest)
             except BaseException:
                 if trashed is not None:
-                    trashed.replace(path)
+                    replace_durably(trashed, path)
                 raise
         deleted: list[Path] = []
         if trashed is not None:

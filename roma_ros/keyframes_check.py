@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roma_ros.imageio import ImageFileError, load_rgb
-from roma_ros.keyframes import CACHE_DIR, TRASH_DIR, _parse_pose, entry_name
+from roma_ros.keyframes import (
+    CACHE_DIR, TRASH_DIR, UnsafeFolderError, _parse_pose, cache_file_name, confined_subdir, entry_name,
+)
 
 if TYPE_CHECKING:
     from roma_ros.keyframes import KeyframeStore
@@ -44,7 +46,12 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
         path.unlink(missing_ok=True)
         return "deleted"
 
-    cache_folders = sorted(p for p in (root / CACHE_DIR).glob("*") if p.is_dir())
+    try:  # never follow a planted link out of the folder (and never delete there)
+        cache_root = confined_subdir(root, CACHE_DIR)
+        cache_folders = sorted(p for p in cache_root.glob("*") if p.is_dir() and not p.is_symlink())
+    except UnsafeFolderError as exc:
+        report.append(f"{exc} (its files are left alone)")
+        cache_folders = []
     for folder in [root, *cache_folders]:
         for tmp in sorted(folder.glob(".*.tmp")):
             found(f"leftover temp file {tmp.relative_to(root)} (an interrupted write)", lambda t=tmp: delete(t))
@@ -57,8 +64,13 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
         found(store.warnings[0], lambda: "kept as " + store.backup_unreadable_index().name)
     listed = {str(e["image"]) for e in entries if isinstance(e, dict) and "image" in e}
 
+    try:
+        trash_files = sorted(p for p in confined_subdir(root, TRASH_DIR).rglob("*") if p.is_file())
+    except UnsafeFolderError as exc:
+        report.append(f"{exc} (its files are left alone)")
+        trash_files = []
     trash = root / TRASH_DIR
-    for path in sorted(p for p in trash.rglob("*") if p.is_file()):
+    for path in trash_files:
         image_file = path.relative_to(trash).as_posix()
         if (image_file in listed or index_broken) and not (root / image_file).exists():
             found(f"image {image_file} is in {TRASH_DIR}/ but still listed (interrupted removal)",
@@ -116,9 +128,12 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
             store.write_index(new_entries)
             report.append(f"wrote {store.index_path.name} with {len(new_entries)} entries")
 
+    images = {str(e["image"]) for e in entries if isinstance(e, dict) and "image" in e}
+    images |= {p.name for p in store.unindexed_images(set())}
+    in_use = {cache_file_name(root, f) for f in images if (root / f).is_file()}
     for folder in cache_folders:
         for path in sorted(folder.rglob("*.pt")):
-            image_file = path.relative_to(folder).as_posix()[: -len(".pt")]
-            if not (root / image_file).is_file():
-                found(f"orphan cache file {path.relative_to(root)} (its image is gone)", lambda p=path: delete(p))
+            if path.relative_to(folder).as_posix() not in in_use:
+                found(f"orphan cache file {path.relative_to(root)} (no keyframe image uses it)",
+                      lambda p=path: delete(p))
     return report

@@ -3,7 +3,8 @@
 Callbacks stay short: the image callback only keeps the newest frame; one worker
 thread converts, matches, verifies and publishes, and counts the frames it had to
 skip. Model loading happens in that worker too, so /diagnostics reports "loading"
-or a weights error while the executor keeps running.
+or a weights error while the executor keeps running. Frame accounting, the log
+throttle and the health level live in health.py.
 """
 from __future__ import annotations
 
@@ -28,16 +29,24 @@ from visualization_msgs.msg import MarkerArray
 
 from roma_ros import params as P
 from roma_ros.conversions import (
-    ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, match_markers, matches_to_pointcloud2,
-    poses_to_pose_array, rgb_to_image_msg,
+    FRAME_FAULTS, MIN_IMAGE_SIDE, ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, match_markers,
+    matches_to_pointcloud2, poses_to_pose_array, rgb_to_image_msg,
 )
 from roma_ros.feature_cache import cache_for
+from roma_ros.health import FrameAccounting, Level, LogThrottle, Outcome, SequenceGaps
 from roma_ros.keyframes import KeyframeStore
-from roma_ros.matching.base import Matcher, WeightsError, build_matcher
+from roma_ros.matching.base import Matcher, build_matcher
 from roma_ros.pipeline import QueryResult, Relocalizer
 from roma_ros.visualize import draw_matches
 
 LOG_THROTTLE_S = 10.0
+LOG_CAUSES = ("model", "processing", *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
+
+try:  # Iron and newer: a two-argument callback also gets the MessageInfo (Humble has none)
+    from rclpy.subscription import MessageInfo  # noqa: F401
+    HAS_MESSAGE_INFO = True
+except ImportError:
+    HAS_MESSAGE_INFO = False
 
 
 class MatchNode(Node):
@@ -56,11 +65,13 @@ class MatchNode(Node):
         self.last_error = ""
         self.relocalizer: Relocalizer | None = None
         self.store = KeyframeStore(P.keyframes_dir(self.values))
-        self.stats = {"processed": 0, "dropped": 0, "bad_frames": 0, "accepted": 0}
+        self.frames = FrameAccounting()
+        self.transport_gaps = SequenceGaps()
+        self.accepted = 0
         self.latencies: collections.deque[float] = collections.deque(maxlen=100)
         self.processed_times: collections.deque[float] = collections.deque(maxlen=100)
         self.last_result = ""
-        self._log_times: dict[str, float] = {}
+        self._throttle = LogThrottle(LOG_CAUSES, LOG_THROTTLE_S)
         self._latest_rgb: np.ndarray | None = None
         self._pending: Image | CompressedImage | None = None
         self._wake = threading.Condition()
@@ -107,15 +118,22 @@ class MatchNode(Node):
             depth=1, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
             reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
         )
+        callback = self._on_image_with_info if HAS_MESSAGE_INFO else self._on_image
         if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+            self.create_subscription(CompressedImage, "image/compressed", callback, qos)
         else:
-            self.create_subscription(Image, "image", self._on_image, qos)
+            self.create_subscription(Image, "image", callback, qos)
+
+    def _on_image_with_info(self, msg: Image | CompressedImage, info: dict) -> None:
+        """Counts the publication sequence numbers' gaps: frames lost before the callback."""
+        gid = info.get("publisher_gid")  # Kilted and newer
+        publisher = bytes(gid["data"]) if isinstance(gid, dict) and "data" in gid else None
+        self.transport_gaps.observe(info.get("publication_sequence_number"), publisher)
+        self._on_image(msg)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         with self._wake:
-            if self._pending is not None:
-                self.stats["dropped"] += 1
+            self.frames.receive(replacing=self._pending is not None)
             self._pending = msg
             self._wake.notify()
 
@@ -135,9 +153,11 @@ class MatchNode(Node):
             if msg is None:
                 continue
             try:
-                self._handle(msg)
+                outcome = self._handle(msg)
             except Exception as exc:  # the node must outlive any single bad frame
-                self._record_error("processing failed", f"processing a frame failed: {exc!r}")
+                outcome = Outcome.FAILED
+                self._record_error("processing", f"processing a frame failed: {type(exc).__name__}: {exc}")
+            self.frames.finish(outcome)
 
     def _load(self) -> bool:
         self.state = "loading model"
@@ -149,9 +169,11 @@ class MatchNode(Node):
             if self.values["warmup"] and config.model != "classical":
                 dummy = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
                 matcher.match(dummy, dummy)
-        except (WeightsError, ValueError) as exc:
+        except Exception as exc:  # anything (a wrong checkpoint's RuntimeError too) must reach diagnostics
             self.state = "error: model not loaded"
-            self._record_error("model", f"cannot load the matcher: {exc}")
+            files = ", ".join(f"{k} '{self.values[k]}'" for k in ("weights", "dinov2_weights"))
+            self._record_error("model", f"cannot load the matcher {self.values['model']} ({files}): "
+                                        f"{type(exc).__name__}: {exc}")
             return False
         self.get_logger().info(f"matcher {matcher.name} ready on {matcher.device}")
         self._reload()
@@ -168,7 +190,7 @@ class MatchNode(Node):
         if cache is not None:
             for warning in cache.stats.warnings:
                 self.get_logger().warning(warning)
-            self.get_logger().info(f"keyframe features: {cache.stats.loaded} from {cache.folder}, "
+            self.get_logger().info(f"keyframe features: {cache.stats.loaded} from {cache.folder or 'nowhere (in memory only)'}, "
                                    f"{cache.stats.computed} computed")
         self._publish_keyframes()
         self.state = "ready" if keyframes else "waiting for keyframes"
@@ -176,28 +198,29 @@ class MatchNode(Node):
         return len(keyframes)
 
     def _convert(self, msg: Image | CompressedImage) -> np.ndarray | None:
+        limits = {"max_pixels": int(self.values["max_image_pixels"]), "min_side": MIN_IMAGE_SIDE}
         try:
             if isinstance(msg, CompressedImage):
-                return compressed_msg_to_rgb(msg)
-            return image_msg_to_rgb(msg)
+                return compressed_msg_to_rgb(msg, **limits)
+            return image_msg_to_rgb(msg, **limits)
         except ImageConversionError as exc:
-            self.stats["bad_frames"] += 1
-            self._record_error(str(exc).split(":")[0], f"skipped a frame: {exc}")
+            self._record_error(f"bad_frame:{exc.kind}", f"skipped a frame: {exc}")
             return None
 
-    def _handle(self, msg: Image | CompressedImage) -> None:
+    def _handle(self, msg: Image | CompressedImage) -> Outcome:
         start = time.perf_counter()
         rgb = self._convert(msg)
-        if rgb is None or self.relocalizer is None:
-            return
+        if rgb is None:
+            return Outcome.BAD
+        assert self.relocalizer is not None  # the worker handles frames only once loaded
         self._latest_rgb = rgb
         result = self.relocalizer.process(rgb)
         latency = time.perf_counter() - start
+        self._publish_result(msg.header, rgb, result, latency)
         self.latencies.append(latency)
         self.processed_times.append(time.monotonic())
-        self.stats["processed"] += 1
-        self.stats["accepted"] += int(result.accepted)
-        self._publish_result(msg.header, rgb, result, latency)
+        self.accepted += int(result.accepted)
+        return Outcome.PROCESSED
 
     # ------------------------------------------------------------------ output
     def _publish_result(self, header: Header, rgb: np.ndarray, result: QueryResult, latency: float) -> None:
@@ -244,45 +267,55 @@ class MatchNode(Node):
         recent = [t for t in self.processed_times if now - t < 10.0]
         rate = len(recent) / 10.0
         lat = list(self.latencies)
-        level = DiagnosticStatus.OK
+        level = Level.OK
         if self.state.startswith("error"):
-            level = DiagnosticStatus.ERROR
+            level = Level.ERROR
         elif self.state != "ready":
-            level = DiagnosticStatus.WARN
+            level = Level.WARN
+        health, health_text = self.frames.level()
+        level = max(level, health)  # DiagnosticStatus's numbers
+        counts = self.frames.counts()
         values = {
             "state": self.state,
             "model": self.values["model"],
             "device": getattr(self.relocalizer.matcher, "device", "") if self.relocalizer else self.values["device"],
             "keyframes": str(len(self.relocalizer.keyframes) if self.relocalizer else 0),
             "keyframes_dir": str(self.store.directory),
-            "processed": str(self.stats["processed"]),
-            "accepted": str(self.stats["accepted"]),
+            **{key: str(count) for key, count in counts.items()},
+            "lost_in_transport": str(self.transport_gaps.lost) if self.transport_gaps.seen else
+            "unknown: no publication sequence numbers (ROS 2 Humble, or an RMW without them)",
+            "accepted": str(self.accepted),
             "rate_hz": f"{rate:.2f}",
             "latency_mean_ms": f"{1000 * float(np.mean(lat)):.1f}" if lat else "",
             "latency_max_ms": f"{1000 * max(lat):.1f}" if lat else "",
-            "dropped_frames": str(self.stats["dropped"]),
-            "bad_frames": str(self.stats["bad_frames"]),
+            "dropped_frames": str(counts["replaced"]),  # deprecated alias of replaced
             "last_result": self.last_result,
             "last_error": self.last_error,
         }
-        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: relocalization",
-                                  message=self.state, hardware_id=values["device"],
+        message = f"{self.state}; {health_text}" if health_text else self.state
+        status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: relocalization",
+                                  message=message, hardware_id=values["device"],
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
 
     def _record_error(self, cause: str, message: str) -> None:
-        """Remember the error for diagnostics and log it at most once per cause per 10 s."""
+        """Remember the full message for diagnostics; log it at most once per cause (one of
+        LOG_CAUSES) per 10 s, saying how many lines of that cause were held back."""
         self.last_error = message
-        now = time.monotonic()
-        if now - self._log_times.get(cause, -LOG_THROTTLE_S) >= LOG_THROTTLE_S:
-            self._log_times[cause] = now
-            self.get_logger().error(message)
+        suppressed = self._throttle.allow(cause)
+        if suppressed is not None:
+            more = f" ({suppressed} more like it in the last {LOG_THROTTLE_S:.0f} s)" if suppressed else ""
+            self.get_logger().error(message + more)
+
+    def _not_ready(self) -> str:
+        reason = self.last_error if self.state.startswith("error") and self.last_error else self.state
+        return f"matcher not ready: {reason}"
 
     # ------------------------------------------------------------------ services
     def _on_add_keyframe(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         rgb = self._latest_rgb
         if self.relocalizer is None:
-            response.success, response.message = False, f"matcher not ready ({self.state})"
+            response.success, response.message = False, self._not_ready()
         elif rgb is None:
             response.success, response.message = False, "no query image received yet: publish on `image` first"
         else:
@@ -301,7 +334,7 @@ class MatchNode(Node):
 
     def _on_reload_keyframes(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self.relocalizer is None:
-            response.success, response.message = False, f"matcher not ready ({self.state})"
+            response.success, response.message = False, self._not_ready()
             return response
         count = self._reload()
         warnings = f"; warnings: {' | '.join(self.store.warnings)}" if self.store.warnings else ""

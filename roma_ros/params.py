@@ -59,6 +59,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
+    ParamSpec("max_image_pixels", 4096 * 2160, "query frames with more pixels (width x height) are rejected as "
+              "bad frames before decoding or copying (bounded memory, decompression bombs); default: 4K",
+              live=True),
 )
 SPECS = {p.name: p for p in PARAMS}
 
@@ -72,6 +75,8 @@ def check_value(name: str, value: Any) -> None:
         raise ValueError("debug.max_lines must be -1 (all) or >= 0")
     if name == "diagnostics_period" and not value > 0:
         raise ValueError("diagnostics_period must be > 0 seconds")
+    if name == "max_image_pixels" and value < 32 * 32:
+        raise ValueError("max_image_pixels must be at least 1024 (32 x 32, the smallest frame matched)")
 
 
 def matcher_config(values: dict[str, Any]) -> MatcherConfig:

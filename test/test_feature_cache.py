@@ -7,7 +7,7 @@ import torch
 
 from conftest import roma_config
 from roma_ros.feature_cache import FeatureCache, cache_for
-from roma_ros.keyframes import Keyframe
+from roma_ros.keyframes import Keyframe, cache_file_name
 from roma_ros.matching.roma import RomaMatcher
 from roma_ros.pipeline import DecisionConfig, Relocalizer
 from roma_ros.testdata import make_pair
@@ -34,7 +34,7 @@ def test_restart_loads_features_instead_of_encoding(roma_model, keyframes, tmp_p
     Relocalizer(first).set_keyframes(keyframes, cache)
     assert len(runs) == 2 and cache.stats.computed == 2 and cache.stats.loaded == 0
     files = sorted(p.name for p in cache.folder.iterdir())
-    assert files == ["astronaut.png.pt", "coffee.png.pt"]
+    assert files == sorted(cache_file_name(tmp_path, f) for f in ("astronaut.png", "coffee.png"))
 
     second = RomaMatcher(roma_config(), model=roma_model)  # "after a restart"
     cache2 = cache_for(second, tmp_path)

@@ -78,7 +78,8 @@ def test_add_writes_image_and_index_atomically(tmp_path, monkeypatch):
         pass
     monkeypatch.undo()
     names = [k.name for k in KeyframeStore(tmp_path / "new").load()]
-    assert names == [first.name, "second"]  # the image landed; the next load still finds it
+    assert names == [first.name]  # a failed add leaves nothing behind (issue 10)
+    assert not (tmp_path / "new" / "second.png").exists()
     assert not list((tmp_path / "new").glob(".*tmp"))
     index = yaml.safe_load((tmp_path / "new" / "keyframes.yaml").read_text())
     assert [e["name"] for e in index["keyframes"]] == [first.name]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from roma_ros.imageio import load_rgb, save_rgb
-from roma_ros.keyframes import DEFAULT_DIR, KeyframeStore, UnknownKeyframe
+from roma_ros.keyframes import DEFAULT_DIR, KeyframeStore, UnknownKeyframe, cache_file_name
 from roma_ros.keyframes_cli import build_parser, main
 
 SCRIPT = Path(sys.executable).with_name("roma-keyframes")
@@ -43,7 +43,7 @@ def write_index(folder: Path, entries: list) -> None:
 
 
 def fake_cache(folder: Path, key: str, image_file: str) -> Path:
-    path = folder / ".cache" / key / f"{image_file}.pt"
+    path = folder / ".cache" / key / cache_file_name(folder, image_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"features")
     return path
@@ -83,7 +83,8 @@ def test_add_list_remove_round_trip(tmp_path, capsys):
     before = index_entries(kf)
     caches = [fake_cache(kf, key, f) for key in ("roma_a", "roma_b") for f in ("b.png", "c.png")]
     code, out, _ = run(capsys, "remove", "b", "--dir", kf)
-    assert code == 0 and out.startswith("removed 'b' (b.png); deleted b.png, .cache/roma_a/b.png.pt")
+    assert code == 0 and out.startswith("removed 'b' (b.png); deleted b.png, "
+                                 f".cache/roma_a/{cache_file_name(kf, 'b.png')}")
     assert not (kf / "b.png").exists() and not (kf / ".trash").exists()
     assert [p.exists() for p in caches] == [False, True, False, True]
     assert index_entries(kf) == [before[0], before[2]]  # other entries untouched, "added" kept
@@ -211,7 +212,7 @@ def test_check_reports_and_repair_fixes_without_deleting_images(tmp_path):
         "image file '" + str(kf / "broken.jpg") + "' is empty",
         "duplicate name 'dup' (d2.png)",
         "duplicate name 'dup' (dup.png)",
-        "orphan cache file .cache/roma/missing.png.pt",
+        f"orphan cache file .cache/roma/{cache_file_name(kf, 'missing.png')}",
     ]
     for needle in expected:
         assert sum(needle in line for line in lines) == 1, (needle, lines)
@@ -287,7 +288,7 @@ def test_build_cache_writes_one_file_per_keyframe_then_loads_them(tmp_path, caps
     assert code == 0, err
     folders = list((kf / ".cache").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("roma_outdoor-c112-")
-    assert sorted(p.name for p in folders[0].iterdir()) == ["far.png.pt", "near.png.pt"]
+    assert sorted(p.name for p in folders[0].iterdir()) == sorted(cache_file_name(kf, f) for f in ("far.png", "near.png"))
     assert out.strip() == f"2 keyframes: 0 loaded, 2 computed; cache folder {folders[0]}"
     code, out, err = run(capsys, *args)
     assert code == 0 and out.strip() == f"2 keyframes: 2 loaded, 0 computed; cache folder {folders[0]}"
@@ -295,7 +296,7 @@ def test_build_cache_writes_one_file_per_keyframe_then_loads_them(tmp_path, caps
 
     # remove deletes the keyframe's cache file too, and check finds nothing left over.
     code, out, _ = run(capsys, "remove", "far", "--dir", kf)
-    assert code == 0 and sorted(p.name for p in folders[0].iterdir()) == ["near.png.pt"]
+    assert code == 0 and [p.name for p in folders[0].iterdir()] == [cache_file_name(kf, "near.png")]
     assert store.check() == []
 
 

@@ -83,7 +83,7 @@ def test_right_keyframe_wins_and_outputs_are_complete(running, pairs):
     wait_for(lambda: probe.latest_diagnostics().get("processed") == "4", 10, "diagnostics to count 4 queries")
     diag = probe.latest_diagnostics()
     assert diag["state"] == "ready" and diag["model"] == "classical" and diag["keyframes"] == "3"
-    assert diag["accepted"] == "3" and float(diag["latency_mean_ms"]) > 0 and diag["dropped_frames"] == "0"
+    assert diag["accepted"] == "3" and float(diag["latency_mean_ms"]) > 0 and diag["replaced"] == "0"
     assert diag["_level"] == 0
 
 
@@ -197,7 +197,8 @@ def test_burst_drops_stale_frames_with_steady_memory(running, pairs):
         last = (-1, -1)
         while True:
             time.sleep(1.0)
-            now = (node.stats["processed"], node.stats["dropped"])
+            counts = node.frames.counts()
+            now = (counts["processed"], counts["replaced"])
             if now == last:
                 return
             last = now
@@ -207,12 +208,12 @@ def test_burst_drops_stale_frames_with_steady_memory(running, pairs):
     settle()
     gc.collect()
     before = rss_mb()
-    first = dict(node.stats)
+    first = node.frames.counts()
     burst(40)
     settle()
     gc.collect()
-    processed = node.stats["processed"] - first["processed"]
-    dropped = node.stats["dropped"] - first["dropped"]
+    processed = node.frames.counts()["processed"] - first["processed"]
+    dropped = node.frames.counts()["replaced"] - first["replaced"]
     # The worker never queues: frames that arrive while it is busy replace the waiting one.
     assert 1 <= processed < 40 and dropped > 0 and processed + dropped <= 40, (processed, dropped)
     assert rss_mb() - before < 150
