@@ -185,7 +185,11 @@ def compressed_msg_to_rgb(msg: CompressedImage, max_pixels: int | None = None, m
     width, height = compressed_size(buf, msg.format)
     check_frame_size(width, height, max_pixels, min_side, f"the compressed frame (format '{msg.format}')")
     with quiet_opencv() as codec:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        try:
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) and asserts
+            img = None
+            codec.append(str(exc).strip().splitlines()[-1])
     if img is None or img.size == 0 or img.shape[:2] != (height, width):
         said = f" ({'; '.join(codec)})" if codec else ""
         raise ImageConversionError(
