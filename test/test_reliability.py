@@ -3,6 +3,7 @@ a model that fails to load, frames over or under the size limits and decompressi
 counters that add up, log throttling by cause, and odd keyframe folders."""
 from __future__ import annotations
 
+import shutil
 import struct
 import time
 import zlib
@@ -221,3 +222,87 @@ def test_keyframes_dir_that_is_a_file_is_named_as_such(ros, tmp_path, pairs, sto
     response = probe.call(probe.add_client)
     assert not response.success and "is a file, not a folder" in response.message
     assert not_a_folder.read_text() == "oops"
+
+
+# ------------------------------------------------------------------ 2. confined writes (feature cache, trash)
+def files_under(folder) -> set:
+    return {p for p in folder.rglob("*")} if folder.exists() else set()
+
+
+def test_feature_cache_never_writes_outside_the_keyframe_folder(roma_model, tmp_path):
+    from conftest import roma_config
+    from roma_ros.feature_cache import cache_for
+    from roma_ros.imageio import save_rgb
+    from roma_ros.keyframes import KeyframeStore
+    from roma_ros.matching.roma import RomaMatcher
+    from roma_ros.pipeline import Relocalizer
+
+    outside = tmp_path / "outside"
+    folder = tmp_path / "deep" / "kf"
+    image = make_pair("coffee", seed=1, size=(90, 120)).candidate
+    save_rgb(outside / "secret.png", image)
+    save_rgb(folder / "inside.png", image)
+    (folder / "keyframes.yaml").write_text(
+        f"keyframes:\n  - {{name: abs, image: {outside / 'secret.png'}}}\n"
+        "  - {name: rel, image: ../../outside/secret.png}\n  - {name: in, image: inside.png}\n")
+    before = files_under(outside)
+    keyframes = KeyframeStore(folder).load()
+    assert [k.name for k in keyframes] == ["abs", "rel", "in"]  # images outside may be read
+    matcher = RomaMatcher(roma_config(), model=roma_model)
+    cache = cache_for(matcher, folder)
+    Relocalizer(matcher).set_keyframes(keyframes, cache)
+    assert (cache.stats.computed, cache.stats.loaded) == (2, 1) and not cache.stats.warnings  # abs = rel
+    assert files_under(outside) == before and files_under(tmp_path / "deep") == {folder} | files_under(folder)
+    written = sorted(p.name for p in cache.folder.iterdir())
+    assert len(written) == 2 and all(n.startswith(("secret.png-", "inside.png-")) for n in written)
+
+    # A planted .cache link is refused: features stay in memory, nothing lands at its target.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.rmtree(folder / ".cache")
+    (folder / ".cache").symlink_to(other, target_is_directory=True)
+    cache = cache_for(matcher, folder)
+    reloc = Relocalizer(matcher)
+    reloc.set_keyframes(keyframes, cache)
+    assert cache.folder is None and "symlink" in cache.stats.warnings[0] and "in memory only" in cache.stats.warnings[0]
+    assert list(other.iterdir()) == [] and len(reloc.keyframes) == 3
+    assert KeyframeStore(folder).cache_files("inside.png") == []
+
+
+def test_remove_refuses_a_symlinked_trash(tmp_path):
+    from roma_ros.keyframes import KeyframeStore, UnsafeFolderError
+
+    store = KeyframeStore(tmp_path / "kf")
+    store.add(np.full((40, 40, 3), 7, np.uint8), [], name="a")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "kf" / ".trash").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafeFolderError, match="symlink"):
+        store.remove("a")
+    assert list(elsewhere.iterdir()) == [] and [k.name for k in store.load()] == ["a"]
+
+
+def test_store_syncs_each_file_then_its_folder_after_the_rename(tmp_path, monkeypatch):
+    import os
+
+    import roma_ros.imageio as imageio
+    from roma_ros.keyframes import KeyframeStore
+
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(imageio.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
+    monkeypatch.setattr(imageio.os, "replace", lambda a, b: renamed.append(str(b)) or synced.append(("rename", str(b)))
+                        or real_replace(a, b))
+    store = KeyframeStore(tmp_path / "kf")
+    store.add(np.full((40, 40, 3), 7, np.uint8), [], name="a")
+    store.remove("a")
+    folder, trash = str(tmp_path / "kf"), str(tmp_path / "kf" / ".trash")
+    # After every rename the target's folder is synced before anything else happens.
+    for i, event in enumerate(synced):
+        if isinstance(event, tuple):
+            assert synced[i + 1] == os.path.dirname(event[1]), synced
+    image, index = str(tmp_path / "kf" / "a.png"), str(tmp_path / "kf" / "keyframes.yaml")
+    assert [e[1] for e in synced if isinstance(e, tuple)] == [image, index, trash + "/a.png", index]
+    assert synced[synced.index(("rename", image)) - 1].startswith(folder + "/.a.png.")  # the temp file itself
+    assert trash in synced  # the trash folder after moving the image there
