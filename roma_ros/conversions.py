@@ -194,8 +194,7 @@ def compressed_msg_to_rgb(msg: CompressedImage, max_pixels: int | None = None, m
         said = f" ({'; '.join(codec)})" if codec else ""
         raise ImageConversionError(
             f"corrupt or empty compressed image (format '{msg.format}', {buf.size} bytes, header "
-            f"{width}x{height}): "
-            f"OpenCV could not decode it{said}; check the publisher", "corrupt")
+            f"{width}x{height}): OpenCV could not decode it{said}; check the publisher", "corrupt")
     if img.dtype != np.uint8:
         if img.dtype != np.uint16:
             raise ImageConversionError(

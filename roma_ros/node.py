@@ -40,7 +40,7 @@ from roma_ros.pipeline import QueryResult, Relocalizer
 from roma_ros.visualize import draw_matches
 
 LOG_THROTTLE_S = 10.0
-LOG_CAUSES = ("model", "processing", *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
+LOG_CAUSES = ("model", "keyframes", "processing", *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
 
 try:  # Iron and newer: a two-argument callback also gets the MessageInfo (Humble has none)
     from rclpy.subscription import MessageInfo  # noqa: F401
@@ -176,8 +176,18 @@ class MatchNode(Node):
                                         f"{type(exc).__name__}: {exc}")
             return False
         self.get_logger().info(f"matcher {matcher.name} ready on {matcher.device}")
-        self._reload()
+        self._try_reload()
         return True
+
+    def _try_reload(self) -> int | None:
+        """``_reload``, with any failure reported in diagnostics instead of killing the thread."""
+        try:
+            return self._reload()
+        except Exception as exc:
+            self.state = "error: keyframes not loaded"
+            self._record_error("keyframes", f"cannot load the keyframes from {self.store.directory}: "
+                                            f"{type(exc).__name__}: {exc}")
+            return None
 
     def _reload(self) -> int:
         self.state = "loading keyframes"
@@ -190,7 +200,8 @@ class MatchNode(Node):
         if cache is not None:
             for warning in cache.stats.warnings:
                 self.get_logger().warning(warning)
-            self.get_logger().info(f"keyframe features: {cache.stats.loaded} from {cache.folder or 'nowhere (in memory only)'}, "
+            where = cache.folder or "nowhere (kept in memory only)"
+            self.get_logger().info(f"keyframe features: {cache.stats.loaded} from {where}, "
                                    f"{cache.stats.computed} computed")
         self._publish_keyframes()
         self.state = "ready" if keyframes else "waiting for keyframes"
@@ -336,7 +347,10 @@ class MatchNode(Node):
         if self.relocalizer is None:
             response.success, response.message = False, self._not_ready()
             return response
-        count = self._reload()
+        count = self._try_reload()
+        if count is None:
+            response.success, response.message = False, self.last_error
+            return response
         warnings = f"; warnings: {' | '.join(self.store.warnings)}" if self.store.warnings else ""
         response.success = True
         response.message = f"loaded {count} keyframes from {self.store.directory}{warnings}"

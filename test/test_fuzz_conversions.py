@@ -18,7 +18,8 @@ from roma_ros.conversions import (
 )
 
 MAX_PIXELS = 64 * 64
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 300)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(convert, msg, **limits) -> None:
