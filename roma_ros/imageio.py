@@ -70,10 +70,11 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
-    with quiet_opencv():
+    with quiet_opencv() as codec:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        raise ImageFileError(f"image file '{path}' is not a readable image (corrupt, or not JPEG/PNG/...)")
+        said = f": {'; '.join(codec)}" if codec else ""
+        raise ImageFileError(f"image file '{path}' is not a readable image (corrupt, or not JPEG/PNG/...){said}")
     return to_rgb8(image, source=str(path))
 
 

@@ -134,7 +134,7 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
         cache.prepare(matcher, keyframe.image_file, keyframe.image)
     warn(cache.stats.warnings)
     print(f"{len(keyframes)} keyframes: {cache.stats.loaded} loaded, {cache.stats.computed} computed; "
-          f"cache folder {cache.folder}")
+          f"cache folder {cache.folder or 'none (refused, see the warning)'}")
     return 0
 
 

@@ -306,3 +306,15 @@ def test_store_syncs_each_file_then_its_folder_after_the_rename(tmp_path, monkey
     assert [e[1] for e in synced if isinstance(e, tuple)] == [image, index, trash + "/a.png", index]
     assert synced[synced.index(("rename", image)) - 1].startswith(folder + "/.a.png.")  # the temp file itself
     assert trash in synced  # the trash folder after moving the image there
+
+
+def test_codec_lines_are_caught_and_other_stderr_output_is_kept(capfd):
+    import os
+
+    from roma_ros.imageio import quiet_opencv
+
+    with quiet_opencv() as codec:
+        os.write(2, b"libpng error: IDAT: CRC error\n[INFO] [roma_matcher]: another thread's line\n")
+    assert codec == ["libpng error: IDAT: CRC error"]
+    err = capfd.readouterr().err
+    assert "another thread's line" in err and "libpng" not in err
