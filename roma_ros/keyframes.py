@@ -268,8 +268,9 @@ class KeyframeStore:
             unindexed = [k.to_entry() for k in existing if k.image_file not in indexed]
             self.write_index(raw + unindexed + [keyframe.to_entry()])
         except BaseException:  # a failed add leaves nothing behind for the next load to find
-            image_path.unlink(missing_ok=True)
-            fsync_dir(self.directory)
+            with contextlib.suppress(OSError):  # the original error is the one to report
+                image_path.unlink(missing_ok=True)
+                fsync_dir(self.directory)
             raise
         return keyframe
 
