@@ -318,3 +318,22 @@ def test_codec_lines_are_caught_and_other_stderr_output_is_kept(capfd):
     assert codec == ["libpng error: IDAT: CRC error"]
     err = capfd.readouterr().err
     assert "another thread's line" in err and "libpng" not in err
+
+
+def test_a_failing_keyframe_reload_is_reported_not_raised(ros, tmp_path, pairs, stop_after):
+    write_keyframes(tmp_path / "kf", pairs)
+    node, probe, spinner = start(ros, tmp_path / "kf")
+    stop_after((node, probe, spinner))
+    real = node.relocalizer.set_keyframes
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate the keyframe features")
+
+    node.relocalizer.set_keyframes = out_of_memory
+    response = probe.call(probe.reload_client)
+    assert not response.success and "MemoryError: cannot allocate the keyframe features" in response.message
+    diag = diagnostics_when(probe, lambda d: d["state"] == "error: keyframes not loaded", "the reload error")
+    assert diag["_level"] == 2
+    node.relocalizer.set_keyframes = real
+    assert probe.call(probe.reload_client).success  # the services and the executor still work
+    assert probe.send(pairs["coffee"].query).width >= 30
