@@ -227,3 +227,43 @@ def test_colcon_build_runs_from_install(ros, colcon_ws, request):
             raise
     output = proc.stdout.read()
     assert code == 0 and "Traceback" not in output, output
+
+
+# ------------------------------------------------------------------ package.xml
+# Python modules the package imports, by the rosdep key that provides them; None: from pip
+# (README, "Install on a ROS 2 machine") or the standard library.
+PYTHON_KEYS = {"cv2": "python3-opencv", "numpy": "python3-numpy", "yaml": "python3-yaml", "PIL": "python3-pil",
+               "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib", "torch": None, "torchvision": None,
+               "kornia": None, "einops": None, "romatch": None, "loguru": None, "skimage": None}
+# The launch file and the README's `ros2 launch`, `ros2 run`, `ros2 pkg`, `ros2 param`.
+COMMAND_KEYS = {"launch", "launch_ros", "ros2launch", "ros2run", "ros2pkg", "ros2param"}
+
+
+def _imported_modules(folder: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_package_xml_declares_what_the_code_and_readme_need():
+    from catkin_pkg.package import parse_package
+
+    package = parse_package(str(REPO / "package.xml"))
+    declared = {d.name for d in package.exec_depends}
+    imported = _imported_modules(REPO / "roma_ros") - set(sys.stdlib_module_names) - {"roma_ros"}
+    ros = {name for name in imported if name not in PYTHON_KEYS}
+    assert ros <= {"rclpy", "ament_index_python"} | {n for n in ros if n.endswith(("_msgs", "_srvs", "_interfaces"))}
+    needed = ros | {PYTHON_KEYS[name] for name in imported if PYTHON_KEYS.get(name)} | COMMAND_KEYS
+    assert declared == needed
+    assert "cv_bridge" not in declared  # README, "Why no cv_bridge"
+    readme = (REPO / "README.md").read_text()
+    for command in ("ros2 launch", "ros2 run", "ros2 pkg", "ros2 param"):
+        assert command in readme
+    assert {d.name for d in package.test_depends} == {"python3-pytest", "python3-skimage", "rosgraph_msgs"}
