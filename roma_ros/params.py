@@ -68,7 +68,9 @@ class ParamSpec:
                        if bound is not None]
         bounds += [f"{word} {_number(bound)}" for word, bound in ((">", self.above), ("<", self.below))
                    if bound is not None]
-        text = " ".join([TYPE_NAMES[self.kind]] + [" and ".join(bounds)] * bool(bounds))
+        text = TYPE_NAMES[self.kind]
+        if bounds:
+            text += " " + " and ".join(bounds)
         if self.multiple_of:
             text += f", a multiple of {self.multiple_of}"
         if self.also:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import configparser
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from rosutil import Probe, Spinner, wait_for
+from rosutil import Probe, Spinner, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SHARE_FILES = (
@@ -219,12 +218,7 @@ def test_colcon_build_runs_from_install(ros, colcon_ws, request):
     finally:
         spinner.stop()
         probe.destroy_node()
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        code = stop_process(proc)
     output = proc.stdout.read()
     assert code == 0 and "Traceback" not in output, output
 

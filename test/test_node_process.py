@@ -12,7 +12,7 @@ import pytest
 import yaml
 from rclpy.parameter import Parameter
 
-from rosutil import Probe, Spinner, wait_for
+from rosutil import Probe, Spinner, stop_process, wait_for
 from roma_ros.conversions import pointcloud2_to_matches
 from roma_ros.params import PARAMS
 from test_node import PLACES, start, write_keyframes
@@ -78,12 +78,7 @@ def node_process(ros, tmp_path_factory):
     yield proc, probe, pairs, folder
     spinner.stop()
     probe.destroy_node()
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    stop_process(proc)
 
 
 def test_cross_process_topics_and_services(node_process):

@@ -3,7 +3,6 @@ the way `ros2 launch` starts it (params file, -p overrides, namespace, remaps, u
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
-from rosutil import Probe, Spinner, wait_for
+from rosutil import Probe, Spinner, stop_process, wait_for
 from roma_ros import params as P
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,12 +171,7 @@ def launched(ros, tmp_path_factory):
     yield proc, probe
     spinner.stop()
     probe.destroy_node()
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    stop_process(proc)
 
 
 def rclpy_time(seconds: float):
@@ -224,5 +218,7 @@ def test_user_values_beat_model_defaults(ros, tmp_path):
     node = MatchNode(parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     try:
         assert node.values["min_inliers"] == 35 and node.values["ransac.threshold"] == 1.0
+        # `ros2 param describe` states each rule.
+        assert node.describe_parameter("coarse_res").additional_constraints == P.SPECS["coarse_res"].allowed()
     finally:
         node.destroy_node()
