@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -99,15 +100,8 @@ def ros2_run_executable(env: dict[str, str], executable: str) -> Path:
     which must be a directory holding an executable file of that name."""
     from ament_index_python.packages import get_package_prefix
 
-    saved = os.environ.get("AMENT_PREFIX_PATH")
-    os.environ["AMENT_PREFIX_PATH"] = env["AMENT_PREFIX_PATH"]
-    try:
+    with mock.patch.dict(os.environ, {"AMENT_PREFIX_PATH": env["AMENT_PREFIX_PATH"]}):
         libexec = Path(get_package_prefix("roma_ros")) / "lib" / "roma_ros"
-    finally:
-        if saved is None:
-            del os.environ["AMENT_PREFIX_PATH"]
-        else:
-            os.environ["AMENT_PREFIX_PATH"] = saved
     assert libexec.is_dir(), f"libexec directory '{libexec}' does not exist"
     path = libexec / executable
     assert path.is_file() and os.access(path, os.X_OK), f"{path} is not an executable file"

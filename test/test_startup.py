@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from itertools import count
 from pathlib import Path
 
 import pytest
 from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 
 from rosutil import Probe, Spinner, stop_process, wait_for
@@ -165,19 +167,14 @@ def launched(ros, tmp_path_factory):
     probe = Probe(target="/robot1/roma_matcher", image_topic="/robot1/camera/image_raw")
     clock = probe.create_publisher(Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                                                  durability=DurabilityPolicy.VOLATILE))
-    ticks = iter(range(10**6))
-    probe.create_timer(0.05, lambda: clock.publish(Clock(clock=rclpy_time(SIM_START_S + next(ticks) * 0.05))))
+    ticks = count()  # simulated time runs at wall speed from SIM_START_S
+    probe.create_timer(0.05, lambda: clock.publish(
+        Clock(clock=Time(nanoseconds=SIM_START_S * 10**9 + next(ticks) * 50_000_000).to_msg())))
     spinner = Spinner(probe)
     yield proc, probe
     spinner.stop()
     probe.destroy_node()
     stop_process(proc)
-
-
-def rclpy_time(seconds: float):
-    import rclpy.time
-
-    return rclpy.time.Time(nanoseconds=int(seconds * 1e9)).to_msg()
 
 
 def test_namespace_puts_the_input_under_it(launched):
