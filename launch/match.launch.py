@@ -1,15 +1,20 @@
 """Start roma_ros's matcher node.
 
-    ros2 launch roma_ros match.launch.py image:=/camera/image_raw keyframes_dir:=~/keyframes
+    ros2 launch roma_ros match.launch.py image:=camera/image_raw keyframes_dir:=~/keyframes
+    ros2 launch roma_ros match.launch.py namespace:=robot1 model:=classical use_sim_time:=true
 
+Topics are relative, so `namespace` puts the node and its input under it (robot1/camera/image_raw).
 Arguments left empty (keyframes_dir, model, device) keep the params file's value; only non-empty
-ones are passed on as overrides. Works on Humble, Jazzy and Kilted.
+ones are passed on as overrides. The node is a plain action, so `ros2 launch --print` shows it.
+Works on Humble, Jazzy and Kilted.
 """
 import os
+import tempfile
 
+import yaml
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch import LaunchDescription, Substitution
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -21,40 +26,62 @@ OVERRIDES = {
 }
 
 
-def _matcher_node(context):
-    def arg(name):
-        return LaunchConfiguration(name).perform(context).strip()
+class NonEmptyOverrides(Substitution):
+    """The path of a parameters file that holds those of ``names`` whose launch argument is not
+    empty. A ``{name: LaunchConfiguration(name)}`` dict would pass an empty value on too, and
+    so replace the params file's value with ""."""
 
-    image = arg("image").rstrip("/") or "image"
-    # Plain str values stay strings (launch_ros YAML-quotes them), even "1" or "true".
-    overrides = {name: arg(name) for name in OVERRIDES if arg(name)}
-    parameters = [arg("params_file")] + ([overrides] if overrides else [])
-    return [
-        Node(
-            package="roma_ros",
-            executable="match_node",
-            name="roma_matcher",
-            namespace=arg("namespace"),
-            parameters=parameters,
-            remappings=[("image", image), ("image/compressed", image + "/compressed")],
-            output="screen",
-        )
-    ]
+    def __init__(self, names):
+        super().__init__()
+        self.names = tuple(names)
+
+    def describe(self):
+        return f"NonEmptyOverrides({', '.join(self.names)})"
+
+    def perform(self, context):
+        given = {name: context.launch_configurations.get(name, "").strip() for name in self.names}
+        # Plain str values stay strings (YAML-quoted), even "1" or "true".
+        parameters = {"/**": {"ros__parameters": {k: v for k, v in given.items() if v}}}
+        with tempfile.NamedTemporaryFile("w", prefix="roma_ros_launch_", suffix=".yaml",
+                                         delete=False) as f:
+            yaml.safe_dump(parameters, f)
+        return f.name
 
 
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory("roma_ros"), "config", "match.yaml")
+    image = LaunchConfiguration("image")
     arguments = [
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="parameters of the node (YAML)"),
-        DeclareLaunchArgument("image", default_value="/camera/image_raw",
-                              description="camera image topic (with image_transport:=compressed, "
+        DeclareLaunchArgument("image", default_value="camera/image_raw",
+                              description="camera image topic, relative to the namespace unless it "
+                                          "starts with '/' (with image_transport:=compressed, "
                                           "<image>/compressed is used)"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="namespace of the node and of its relative topics"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use the /clock topic's time (simulation, bag replay)"),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description="debug | info | warn | error | fatal"),
     ]
     arguments += [
         DeclareLaunchArgument(name, default_value="",
                               description=f"{text}; empty: keep the params file's value")
         for name, text in OVERRIDES.items()
     ]
-    return LaunchDescription(arguments + [OpaqueFunction(function=_matcher_node)])
+    node = Node(
+        package="roma_ros",
+        executable="match_node",
+        name="roma_matcher",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {"use_sim_time": LaunchConfiguration("use_sim_time")},
+            NonEmptyOverrides(OVERRIDES),
+        ],
+        remappings=[("image", image), ("image/compressed", [image, "/compressed"])],
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+        output="screen",
+    )
+    return LaunchDescription(arguments + [node])

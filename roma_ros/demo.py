@@ -41,11 +41,10 @@ KEYFRAME_STRENGTH = 0.3
 QUERY_STRENGTH = 1.0
 IMAGE_SIZE = (480, 640)  # (height, width)
 
-# Per-model settings the demo passes on top of config/match.yaml. SIFT's keypoints are
-# less precise than RoMa's, so its RANSAC threshold is looser; unrelated photos give it
-# about 10 inliers and the true places 50 to 500.
+# Per-model settings the demo passes on top of config/match.yaml. The classical matcher's
+# looser thresholds are its model defaults in roma_ros/params.py, which the node applies itself.
 MODEL_SETTINGS: dict[str, dict[str, object]] = {
-    "classical": {"ransac.threshold": 1.0, "min_inliers": 20},
+    "classical": {},
     "tiny_roma_outdoor": {},
     "roma_outdoor": {},
 }

@@ -9,6 +9,7 @@ throttle and the health level live in health.py.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from typing import Any
@@ -19,6 +20,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -48,17 +51,20 @@ try:  # Iron and newer: a two-argument callback also gets the MessageInfo (Humbl
 except ImportError:
     HAS_MESSAGE_INFO = False
 
+EXIT_BAD_PARAMETER = 2  # a start-up parameter its rules do not allow: `ros2 launch` reports the exit
+
 
 class MatchNode(Node):
     def __init__(self, matcher: Matcher | None = None, **kwargs: Any) -> None:
         """``matcher`` replaces the one the parameters describe (tests share one network)."""
         super().__init__("roma_matcher", **kwargs)
         self._injected_matcher = matcher
-        for spec in P.PARAMS:
-            self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
-                description=spec.description + ("" if spec.live else " (start-up only)"),
-                read_only=not spec.live, additional_constraints=", ".join(spec.choices)))
-        self.values = {spec.name: self.get_parameter(spec.name).value for spec in P.PARAMS}
+        try:
+            self.values = self._declare_parameters()
+        except P.ParameterError as exc:
+            self.get_logger().fatal(f"{exc}; the node stops: fix the parameter and start it again")
+            super().destroy_node()
+            raise
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.state = "starting"
@@ -89,20 +95,35 @@ class MatchNode(Node):
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/add_keyframe", self._on_add_keyframe, callback_group=services)
         self.create_service(Trigger, "~/reload_keyframes", self._on_reload_keyframes, callback_group=services)
-        self.create_timer(float(self.values["diagnostics_period"]), self._publish_diagnostics)
+        # Wall-clock period (health reports go on while a simulation is paused); stamps use the
+        # node clock, so they follow /clock under use_sim_time.
+        self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
         self._worker = threading.Thread(target=self._run_worker, name="roma_worker", daemon=True)
         self._worker.start()
 
     # ------------------------------------------------------------------ parameters
+    def _declare_parameters(self) -> dict[str, Any]:
+        """Declare every parameter (model first: some defaults depend on it) and return the
+        values, checked by their rules. Types are checked by those rules too, so a bad value
+        gets one clear line instead of rclpy's type exception."""
+        values: dict[str, Any] = {}
+        for spec in sorted(P.PARAMS, key=lambda spec: spec.name != "model"):
+            descriptor = ParameterDescriptor(
+                description=spec.description + ("" if spec.live else " (start-up only)"),
+                read_only=not spec.live, additional_constraints=spec.allowed(), dynamic_typing=True)
+            default = spec.default_for(values.get("model", ""))
+            values[spec.name] = self.declare_parameter(spec.name, default, descriptor).value
+        return P.check_startup(values)
+
     def _on_set_parameters(self, changes: list) -> SetParametersResult:
         values = dict(self.values)
         try:
             for change in changes:
                 if change.name not in P.SPECS:
                     continue
-                P.check_value(change.name, change.value)
-                values[change.name] = change.value
+                values[change.name] = P.check_value(change.name, change.value)
             decision = P.decision_config(values)
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
@@ -366,7 +387,13 @@ class MatchNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
-    node = MatchNode()
+    try:
+        node = MatchNode()
+    except (P.ParameterError, ParameterException) as exc:
+        if not isinstance(exc, P.ParameterError):  # rclpy's own parameters (use_sim_time)
+            rclpy.logging.get_logger("roma_matcher").fatal(f"bad parameter, the node stops: {exc}")
+        rclpy.try_shutdown()
+        sys.exit(EXIT_BAD_PARAMETER)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:

@@ -1,82 +1,195 @@
-"""The node's parameters in one table: name, default, description, live or start-up only.
+"""The node's parameters in one table: name, default, description, live or start-up only,
+and the rules a value must follow.
 
 config/match.yaml must hold exactly these names (a test checks it); the node
 declares them from here with descriptors, so `ros2 param describe` explains each.
+The same rules judge every value, at start-up (a bad one stops the node, see
+``check_startup``) and on every live change (a bad one is rejected, see ``check_value``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from roma_ros.keyframes import DEFAULT_DIR
-from roma_ros.matching.base import MatcherConfig
+from roma_ros.matching.base import MODEL_NAMES, MatcherConfig
 from roma_ros.pipeline import DecisionConfig
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+class ParameterError(ValueError):
+    """A parameter value its rules do not allow; the message names the parameter, the value and
+    what is allowed, on one line."""
 
 
 @dataclass(frozen=True)
 class ParamSpec:
+    """One parameter. Its type is the type of ``default`` (a float parameter also takes an
+    integer); the optional rule fields below restrict its values further."""
+
     name: str
     default: Any
     description: str
     live: bool = False  # may change while running (validated); else read-only after start
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # the only strings allowed
+    minimum: float | None = None  # numbers: inclusive bounds
+    maximum: float | None = None
+    above: float | None = None  # numbers: exclusive lower bound
+    below: float | None = None  # numbers: exclusive upper bound
+    multiple_of: int | None = None  # integers: must be a multiple of this
+    also: tuple[Any, ...] = ()  # values allowed besides the rules above (e.g. 0 = off)
+    pattern: str = ""  # strings: a regular expression the whole value must match ...
+    pattern_text: str = ""  # ... and what it allows, in words
+    model_defaults: dict[str, Any] = field(default_factory=dict)  # model -> default for that model
 
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def default_for(self, model: str) -> Any:
+        """The default the node declares when it runs ``model``."""
+        return self.model_defaults.get(model, self.default)
+
+    def allowed(self) -> str:
+        """The rules in words, for error messages and ``ros2 param describe``."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.pattern_text:
+            return self.pattern_text
+        bounds = []
+        if self.minimum is not None and self.maximum is not None:
+            bounds.append(f"from {_number(self.minimum)} to {_number(self.maximum)}")
+        else:
+            bounds += [f"{word} {_number(bound)}" for word, bound in ((">=", self.minimum), ("<=", self.maximum))
+                       if bound is not None]
+        bounds += [f"{word} {_number(bound)}" for word, bound in ((">", self.above), ("<", self.below))
+                   if bound is not None]
+        text = TYPE_NAMES[self.kind]
+        if bounds:
+            text += " " + " and ".join(bounds)
+        if self.multiple_of:
+            text += f", a multiple of {self.multiple_of}"
+        if self.also:
+            text += ", or " + " or ".join(str(v) for v in self.also)
+        return text
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` obeys every rule of this parameter, else what is allowed."""
+        return None if self._obeys(value) else self.allowed()
+
+    def _obeys(self, value: Any) -> bool:
+        if not _has_type(value, self.kind):
+            return False
+        if value in self.also:
+            return True
+        if self.choices and value not in self.choices:
+            return False
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            return False
+        if self.kind in (int, float):
+            return (math.isfinite(value)
+                    and (self.minimum is None or value >= self.minimum)
+                    and (self.maximum is None or value <= self.maximum)
+                    and (self.above is None or value > self.above)
+                    and (self.below is None or value < self.below)
+                    and (not self.multiple_of or value % self.multiple_of == 0))
+        return True
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if kind is float:
+        return type(value) in (int, float)  # bool is an int subclass, but never a number here
+    return type(value) is kind
+
+
+# Thresholds of the classical (SIFT) matcher, calibrated on bench/place_recognition.py (README,
+# "Shortlist and decision"): its keypoints are less precise than RoMa's, so a looser RANSAC
+# threshold, and distractors reach 9-13 inliers while true places reach 26 or more.
+CLASSICAL = "classical"
 
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", "roma_outdoor", "matcher network", choices=("roma_outdoor", "roma_indoor", "tiny_roma_outdoor", "classical")),
+    ParamSpec("model", "roma_outdoor", "matcher network", choices=MODEL_NAMES),
     ParamSpec("weights", "", "RoMa / Tiny RoMa checkpoint path; empty: torch hub cache, then the official URL"),
     ParamSpec("dinov2_weights", "", "DINOv2 ViT-L/14 checkpoint path (RoMa only); empty: torch hub cache, then URL"),
     ParamSpec("allow_download", True, "download missing weights from the official URLs at start-up"),
     ParamSpec("random_weights", False, "tests and benchmarks only: random network weights (meaningless matches)"),
-    ParamSpec("device", "auto", "auto (CUDA if available), cpu, cuda or cuda:N"),
-    ParamSpec("coarse_res", 560, "RoMa coarse resolution, multiple of 14 (Tiny RoMa: longer image side)"),
-    ParamSpec("upsample_res", 864, "RoMa refinement resolution, multiple of 8; 0 = off (about 2x faster)"),
+    ParamSpec("device", "auto", "auto (CUDA if available), cpu, cuda or cuda:N (checked for every model; "
+              "classical always runs on the CPU)", pattern=r"auto|cpu|cuda(:[0-9]+)?",
+              pattern_text="auto, cpu, cuda or cuda:N"),
+    ParamSpec("coarse_res", 560, "RoMa coarse resolution, multiple of 14 (Tiny RoMa: longer image side)",
+              minimum=14, maximum=1120, multiple_of=14),
+    ParamSpec("upsample_res", 864, "RoMa refinement resolution, multiple of 8; 0 = off (about 2x faster)",
+              minimum=8, maximum=1728, multiple_of=8, also=(0,)),
     ParamSpec("symmetric", True, "match in both directions (RoMa default); false is faster"),
-    ParamSpec("num_samples", 10000, "correspondences sampled per keyframe before verification"),
+    ParamSpec("num_samples", 10000, "correspondences sampled per keyframe before verification",
+              minimum=1, maximum=100000),
     ParamSpec("sampler", "grid", "grid: fast balanced sampler; romatch: romatch's KDE sampler (slow on CPU)",
               choices=("grid", "romatch")),
-    ParamSpec("batch_size", 8, "keyframes decoded together on the GPU (memory bound)"),
+    ParamSpec("batch_size", 8, "keyframes decoded together on the GPU (memory bound)", minimum=1, maximum=64),
     ParamSpec("keep_vgg", False, "RoMa: keep each keyframe's projected VGG decoder inputs (faster queries; "
               "~65 MB per keyframe at 560, ~210 MB with upsample 864)"),
     ParamSpec("warmup", True, "run one match at start-up so the first query is not slow"),
     ParamSpec("keyframes_dir", "", "keyframe folder (images + optional keyframes.yaml); empty: ~/.ros/roma_ros/keyframes"),
-    ParamSpec("frame_id", "map", "frame of keyframe poses, the ~/keyframes PoseArray and ~/markers"),
+    ParamSpec("frame_id", "map", "frame of keyframe poses, the ~/keyframes PoseArray and ~/markers",
+              pattern=r"[^/\s]\S*", pattern_text="a frame name: not empty, no spaces, no leading '/'"),
     ParamSpec("image_transport", "raw", "raw subscribes `image` (sensor_msgs/Image); compressed subscribes "
               "`image/compressed` (sensor_msgs/CompressedImage)", choices=("raw", "compressed")),
     ParamSpec("image_qos", "sensor_data", "sensor_data (best effort, depth 1) or reliable (depth 1)",
               choices=("sensor_data", "reliable")),
     ParamSpec("ransac.method", "usac_magsac", "fundamental-matrix estimator", live=True,
               choices=("usac_magsac", "ransac", "lmeds")),
-    ParamSpec("ransac.threshold", 0.2, "RANSAC inlier threshold in pixels of the original images", live=True),
-    ParamSpec("ransac.confidence", 0.999999, "RANSAC confidence, strictly between 0 and 1", live=True),
-    ParamSpec("ransac.max_iters", 10000, "RANSAC iterations", live=True),
-    ParamSpec("min_inliers", 50, "accept the best keyframe only with at least this many inliers", live=True),
+    ParamSpec("ransac.threshold", 0.2, "RANSAC inlier threshold in pixels of the original images; default "
+              "0.2 (RoMa's demo value), 1.0 with model classical (calibrated)", live=True, above=0.0,
+              model_defaults={CLASSICAL: 1.0}),
+    ParamSpec("ransac.confidence", 0.999999, "RANSAC confidence, strictly between 0 and 1", live=True,
+              above=0.0, below=1.0),
+    ParamSpec("ransac.max_iters", 10000, "RANSAC iterations", live=True, minimum=1, maximum=1000000),
+    ParamSpec("min_inliers", 50, "accept the best keyframe only with at least this many inliers; default 50, "
+              "20 with model classical (calibrated)", live=True, minimum=0, model_defaults={CLASSICAL: 20}),
     ParamSpec("min_overlap", 0.0, "RoMa: accept only when the dense warp's mean certainty (overlap estimate) is at "
-              "least this; 0 = off", live=True),
+              "least this; 0 = off", live=True, minimum=0.0, maximum=1.0),
     ParamSpec("top_k", 5, "keyframes verified per query, chosen by DINOv2 global-descriptor similarity; "
-              "0 = all (models without descriptors always use all)", live=True),
-    ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True),
+              "0 = all (models without descriptors always use all)", live=True, minimum=0),
+    ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True, minimum=-1),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
-    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
+    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (wall clock)",
+              minimum=0.01, maximum=60.0),
     ParamSpec("max_image_pixels", 4096 * 2160, "query frames with more pixels (width x height) are rejected as "
               "bad frames before decoding or copying (bounded memory, decompression bombs); default: 4K",
-              live=True),
+              live=True, minimum=32 * 32),
 )
 SPECS = {p.name: p for p in PARAMS}
 
 
-def check_value(name: str, value: Any) -> None:
-    """Raise ValueError when ``value`` is not acceptable for parameter ``name``."""
+def check_value(name: str, value: Any) -> Any:
+    """``value`` as the node keeps it (an integer given for a float parameter becomes a float);
+    ParameterError when the rules of parameter ``name`` do not allow it."""
     spec = SPECS[name]
-    if spec.choices and value not in spec.choices:
-        raise ValueError(f"{name}='{value}' unknown: choose one of {', '.join(spec.choices)}")
-    if name == "debug.max_lines" and value < -1:
-        raise ValueError("debug.max_lines must be -1 (all) or >= 0")
-    if name == "diagnostics_period" and not value > 0:
-        raise ValueError("diagnostics_period must be > 0 seconds")
-    if name == "max_image_pixels" and value < 32 * 32:
-        raise ValueError("max_image_pixels must be at least 1024 (32 x 32, the smallest frame matched)")
+    problem = spec.problem(value)
+    if problem is not None:
+        raise ParameterError(f"{name}={value!r} is not allowed: expected {problem}")
+    return float(value) if spec.kind is float else value
+
+
+def check_startup(values: dict[str, Any]) -> dict[str, Any]:
+    """Every start-up value checked against its rules, then the rules between parameters
+    (upsample_res >= coarse_res, ...); returns the values as the node keeps them. Raises
+    ParameterError for the first bad value."""
+    checked = {name: check_value(name, value) for name, value in values.items()}
+    try:
+        matcher_config(checked)
+        decision_config(checked)
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from None
+    return checked
 
 
 def matcher_config(values: dict[str, Any]) -> MatcherConfig:

@@ -1,6 +1,8 @@
 """Test harness: a probe node that talks to roma_matcher over real DDS (loopback only)."""
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +32,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
+    """SIGINT, as launch and Ctrl-C stop a node, and its exit code; killed (and the test failed)
+    when it does not stop within ``timeout`` s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 class Probe(Node):
