@@ -58,6 +58,11 @@ def to_metres(raw: np.ndarray, scale: float | None = None, source: str = "depth"
 
 def load_depth(path: str | os.PathLike, scale: float | None = None) -> np.ndarray:
     """Read a depth file as (H, W) float32 metres, NaN = unknown; DepthFileError says what is wrong."""
+    return to_metres(read_depth_raw(path), scale, source=f"depth file '{path}'")
+
+
+def read_depth_raw(path: str | os.PathLike) -> np.ndarray:
+    """A depth file's array as stored (uint16 units or float metres), not yet converted."""
     path = Path(path)
     if not path.is_file():
         raise DepthFileError(f"depth file '{path}' does not exist")
@@ -75,7 +80,7 @@ def load_depth(path: str | os.PathLike, scale: float | None = None) -> np.ndarra
             raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if raw is None:
             raise DepthFileError(f"depth file '{path}' is empty or not a readable {suffix[1:].upper()} image")
-    return to_metres(raw, scale, source=f"depth file '{path}'")
+    return raw
 
 
 def save_depth(path: str | os.PathLike, depth: np.ndarray) -> Path:
