@@ -330,9 +330,8 @@ def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config) -> PoseEsti
     counts = (f"{n} matches: {n - int(known.sum())} without depth, {int((known & ~in_range).sum())} "
               f"outside [{config.min_depth:g}, {config.max_depth:g}] m, "
               f"{int((in_range & on_edge).sum())} on depth edges")
-    need = max(MIN_PNP_POINTS, config.min_inliers)
-    if len(idx) < need:
-        out = _none(f"only {len(idx)} points with usable depth, need {need} ({counts})", n)
+    if len(idx) < config.min_inliers:  # validate() keeps min_inliers >= MIN_PNP_POINTS
+        out = _none(f"only {len(idx)} points with usable depth < min_inliers {config.min_inliers} ({counts})", n)
         out.method, out.points = "pnp", len(idx)
         return out
     obj = back_project(keyframe_camera, k[idx], z[idx])

@@ -276,7 +276,7 @@ def test_each_gate_says_why_with_the_numbers(scene):
     args = (keyframe.depth, keyframe.camera, query.camera)
     kq, kk = noisy_matches(keyframe, query, rng, n=30, noise_px=0.3)
     est = estimate_pose(kq, kk, *args, PoseConfig(min_inliers=40))
-    assert not est.ok and not est.metric and "usable depth, need 40" in est.reason
+    assert not est.ok and not est.metric and "usable depth < min_inliers 40" in est.reason
     kq, kk = noisy_matches(keyframe, query, rng, n=100, noise_px=0.3, outliers=0.7)
     est = estimate_pose(kq, kk, *args, PoseConfig())
     assert not est.ok and "min_inlier_ratio 0.4" in est.reason and f"/{est.points})" in est.reason
