@@ -5,6 +5,7 @@ declares them from here with descriptors, so `ros2 param describe` explains each
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 from roma_ros.keyframes import DEFAULT_DIR
 from roma_ros.matching.base import MatcherConfig
 from roma_ros.pipeline import DecisionConfig
+from roma_ros.pose import CameraModel, PoseConfig
+
+_POSE = PoseConfig()  # the pose gates' defaults (pose.py, calibrated by bench/pose.py)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "~65 MB per keyframe at 560, ~210 MB with upsample 864)"),
     ParamSpec("warmup", True, "run one match at start-up so the first query is not slow"),
     ParamSpec("keyframes_dir", "", "keyframe folder (images + optional keyframes.yaml); empty: ~/.ros/roma_ros/keyframes"),
-    ParamSpec("frame_id", "map", "frame of keyframe poses, the ~/keyframes PoseArray and ~/markers"),
+    ParamSpec("frame_id", "map", "frame of keyframe poses, the ~/keyframes PoseArray, ~/markers, ~/pose and "
+              "/initialpose"),
     ParamSpec("image_transport", "raw", "raw subscribes `image` (sensor_msgs/Image); compressed subscribes "
               "`image/compressed` (sensor_msgs/CompressedImage)", choices=("raw", "compressed")),
     ParamSpec("image_qos", "sensor_data", "sensor_data (best effort, depth 1) or reliable (depth 1)",
@@ -56,6 +61,31 @@ PARAMS: tuple[ParamSpec, ...] = (
               "least this; 0 = off", live=True),
     ParamSpec("top_k", 5, "keyframes verified per query, chosen by DINOv2 global-descriptor similarity; "
               "0 = all (models without descriptors always use all)", live=True),
+    ParamSpec("pose.min_inliers", _POSE.min_inliers, "publish a pose only with at least this many PnP inliers",
+              live=True),
+    ParamSpec("pose.reprojection_threshold", _POSE.reprojection_threshold,
+              "PnP RANSAC inlier threshold in pixels of the query image", live=True),
+    ParamSpec("pose.max_rmse", _POSE.max_rmse, "publish a pose only when the PnP inliers' reprojection RMSE "
+              "(px) is at most this", live=True),
+    ParamSpec("pose.min_inlier_ratio", _POSE.min_inlier_ratio, "publish a pose only when at least this share "
+              "of the 2D-3D points are PnP inliers", live=True),
+    ParamSpec("pose.min_depth", _POSE.min_depth, "keyframe depth below this (m) is not used for the pose",
+              live=True),
+    ParamSpec("pose.max_depth", _POSE.max_depth, "keyframe depth above this (m) is not used for the pose",
+              live=True),
+    ParamSpec("query_intrinsics", [], "[fx, fy, cx, cy] of the query camera in pixels (OpenCV/ROS convention, "
+              "as CameraInfo K), used while no camera_info has arrived; empty = none", live=True),
+    ParamSpec("camera_to_base", [], "[x, y, z, qx, qy, qz, qw]: pose of the camera optical frame in base_frame "
+              "(the static tf base_frame -> camera optical frame); set: ~/pose is base_frame's pose; "
+              "empty: ~/pose is the camera optical frame's pose", live=True),
+    ParamSpec("base_frame", "base_link", "name of the frame camera_to_base refers to (reported in diagnostics)",
+              live=True),
+    ParamSpec("publish_initialpose", False, "also publish each pose on /initialpose (remappable) for AMCL / "
+              "nav2, covariance floored at RViz's 2D Pose Estimate values", live=True),
+    ParamSpec("keyframe_pose_type", "pose_stamped", "message type of the keyframe_pose topic",
+              choices=("pose_stamped", "pose_with_covariance_stamped")),
+    ParamSpec("sync_tolerance", 0.05, "~/add_keyframe stores the depth frame and keyframe_pose whose stamps lie "
+              "within this many seconds of the image's", live=True),
     ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
@@ -72,6 +102,12 @@ def check_value(name: str, value: Any) -> None:
         raise ValueError("debug.max_lines must be -1 (all) or >= 0")
     if name == "diagnostics_period" and not value > 0:
         raise ValueError("diagnostics_period must be > 0 seconds")
+    if name == "sync_tolerance" and not (math.isfinite(value) and value >= 0):
+        raise ValueError("sync_tolerance must be >= 0 seconds")
+    if name == "query_intrinsics":
+        query_camera({name: value})
+    if name == "camera_to_base":
+        camera_to_base({name: value})
 
 
 def matcher_config(values: dict[str, Any]) -> MatcherConfig:
@@ -95,6 +131,48 @@ def decision_config(values: dict[str, Any]) -> DecisionConfig:
     )
     config.validate()
     return config
+
+
+def pose_config(values: dict[str, Any]) -> PoseConfig:
+    config = PoseConfig(
+        min_inliers=int(values["pose.min_inliers"]),
+        reprojection_threshold=float(values["pose.reprojection_threshold"]),
+        max_rmse=float(values["pose.max_rmse"]), min_inlier_ratio=float(values["pose.min_inlier_ratio"]),
+        min_depth=float(values["pose.min_depth"]), max_depth=float(values["pose.max_depth"]),
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise ValueError(f"pose.{exc}") from None
+    return config
+
+
+def query_camera(values: dict[str, Any]) -> CameraModel | None:
+    """The ``query_intrinsics`` fallback camera; None when empty."""
+    raw = list(values["query_intrinsics"] or [])
+    if not raw:
+        return None
+    if len(raw) != 4:
+        raise ValueError(f"query_intrinsics needs 4 values [fx, fy, cx, cy] (or none), got {len(raw)}")
+    camera = CameraModel.from_ros(*raw)
+    try:
+        camera.validate()
+    except ValueError as exc:
+        raise ValueError(f"query_intrinsics: {exc}") from None
+    return camera
+
+
+def camera_to_base(values: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``camera_to_base`` as ((x, y, z), (qx, qy, qz, qw)) with a unit quaternion; None when empty."""
+    raw = [float(v) for v in values["camera_to_base"] or []]
+    if not raw:
+        return None
+    if len(raw) != 7 or not all(math.isfinite(v) for v in raw):
+        raise ValueError(f"camera_to_base needs 7 finite values [x, y, z, qx, qy, qz, qw] (or none), got {raw}")
+    norm = math.sqrt(sum(v * v for v in raw[3:]))
+    if abs(norm - 1.0) > 1e-3:
+        raise ValueError(f"camera_to_base quaternion {raw[3:]} has norm {norm:.4f}, not 1")
+    return tuple(raw[:3]), tuple(v / norm for v in raw[3:])
 
 
 def keyframes_dir(values: dict[str, Any]) -> Path:
