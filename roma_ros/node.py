@@ -342,8 +342,8 @@ class MatchNode(Node):
             name = keyframes[best.index].name if best is not None else ""
             summary = f"no match ({result.reason}), {latency * 1000:.0f} ms"
         self.last_result = summary
+        query_pose = self._publish_pose(header, result)  # before the cloud: its status is set when the cloud lands
         self.pub_matches.publish(cloud)
-        query_pose = self._publish_pose(header, result)
         pose = keyframes[best.index].pose if best is not None else None
         self.pub_markers.publish(match_markers(self.values["frame_id"], header.stamp, name, pose,
                                                result.accepted, summary, query_pose,
