@@ -349,15 +349,17 @@ class MatchNode(Node):
                                                result.accepted, summary, query_pose,
                                                optical=not self.values["camera_to_base"]))
         if self.values["debug.publish_image"] and self.pub_debug.get_subscription_count() > 0:
-            banner = f"{summary} | pose: {self._pose_text()}" if result.accepted else summary
+            banner = f"{summary} | {self._pose_text()}" if result.accepted else summary
             self.pub_debug.publish(rgb_to_image_msg(self._debug_image(rgb, result, banner), header))
 
     def _pose_text(self) -> str:
+        """Short pose outcome for the debug image banner (diagnostics carry the details)."""
         status = self.pose_status
         if status["pose_result"] != "ok":
-            return status["pose_result"]
-        std = f", +-{float(status['position_std_m']):.2f} m" if status["position_std_m"] else ""
-        return f"ok ({status['pose_inliers']} inl, {status['reprojection_rmse_px']} px{std})"
+            return f"no pose: {status['pose_result']}"
+        std, rmse = status["position_std_m"], status["reprojection_rmse_px"]
+        return ("pose ok" + (f", sd {100 * float(std):.1f} cm" if std else "")
+                + (f", {float(rmse):.2f} px" if rmse else ""))
 
     def _debug_image(self, rgb: np.ndarray, result: QueryResult, summary: str) -> np.ndarray:
         best = result.best
