@@ -423,6 +423,14 @@ class DemoClient:
         info.header.frame_id = "camera_optical"
         self.camera_info_publisher.publish(info)
 
+    def wait_a_little(self, done, timeout: float, what: str) -> None:
+        """``spin_until`` for an optional message: a timeout is not a failure, a dead node is."""
+        try:
+            self.spin_until(done, timeout, what)
+        except DemoFailure:
+            if not self.node_proc.alive():
+                raise
+
     def wait_ready(self, timeout: float) -> None:
         """Up means: keyframes published (transient local), every endpoint we use matched and the
         node holds the scene's camera_info."""
@@ -469,11 +477,7 @@ class DemoClient:
         result.answered = True
         result.posed = query.true_pose is not None
         if result.posed and cloud.width:  # ~/pose goes out just before the cloud, on its own topic
-            try:
-                self.spin_until(lambda: key in self.poses, 1.0, f"the pose of {query.name}")
-            except DemoFailure:
-                if not self.node_proc.alive():
-                    raise
+            self.wait_a_little(lambda: key in self.poses, 1.0, f"the pose of {query.name}")
         pose = self.poses.pop(key, None)
         if pose is not None and query.true_pose is not None:
             result.position_error_m, result.rotation_error_deg = pose_errors(pose, query.true_pose)
@@ -485,11 +489,7 @@ class DemoClient:
             best = int(indices[0])
             result.matched = keyframe_names[best] if best < len(keyframe_names) else f"#{best}"
         # The debug image may come just after the cloud.
-        try:
-            self.spin_until(lambda: key in self.debug, 5.0, f"the debug image of {query.name}")
-        except DemoFailure:
-            if not self.node_proc.alive():
-                raise
+        self.wait_a_little(lambda: key in self.debug, 5.0, f"the debug image of {query.name}")
         image = self.debug.pop(key, None)
         if image is not None:
             result.debug_image = save_rgb(debug_dir / f"{query.name}.png", image_msg_to_rgb(image))
