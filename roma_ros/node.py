@@ -50,7 +50,7 @@ from roma_ros.visualize import draw_matches
 
 LOG_THROTTLE_S = 10.0
 # Recent depth frames / keyframe poses kept for ~/add_keyframe: ~1 s of a 30 Hz depth camera
-# (~18 MB of 640x480 16UC1), a few seconds of a SLAM pose stream.
+# (18 MB of 640x480 16UC1, 37 MB of 32FC1), a few seconds of a SLAM pose stream.
 DEPTH_BUFFER = 30
 POSE_BUFFER = 200
 
