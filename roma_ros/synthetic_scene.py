@@ -13,7 +13,7 @@ map, quaternions [x, y, z, w].
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -43,6 +43,7 @@ class Plane:
     width: float
     height: float
     shade: float = 1.0
+    mirrored: bool = False  # texture flipped left-right: SIFT and RoMa see a different picture
 
 
 def _wall(photo, a, b, z_low, z_high, shade=1.0) -> Plane:
@@ -62,16 +63,24 @@ SCENE: tuple[Plane, ...] = (
     _wall("chelsea", (0.8, 2.6), (2.4, 1.4), 0.3, 1.5, 0.95),
     _wall("rocket", (2.6, 3.6), (3.8, 1.8), 0.0, 2.2, 0.9),
 )
+# A distractor place: the same room with pictures that never appear in SCENE (unused photos and
+# mirrored ones), for "is a wrong keyframe refused?" checks.
+OTHER_ROOM: tuple[Plane, ...] = tuple(
+    replace(plane, photo=photo, mirrored=mirrored)
+    for plane, (photo, mirrored) in zip(SCENE, (("grass", False), ("camera", False), ("rocket", True),
+                                                 ("coffee", True), ("astronaut", True), ("chelsea", True)))
+)
 # Texture resolution: pixels per metre on every plane.
 _TEXELS_PER_M = 160.0
 
 
 @functools.lru_cache(maxsize=None)
-def _texture_pyramid(photo: str, width_m: float, height_m: float) -> tuple[np.ndarray, ...]:
+def _texture_pyramid(photo: str, width_m: float, height_m: float, mirrored: bool) -> tuple[np.ndarray, ...]:
     from roma_ros.testdata import load_photo  # lazy: scikit-image is a dev dependency
 
     w, h = int(round(width_m * _TEXELS_PER_M)), int(round(height_m * _TEXELS_PER_M))
-    levels = [cv2.resize(load_photo(photo), (w, h), interpolation=cv2.INTER_AREA)]
+    image = load_photo(photo)
+    levels = [cv2.resize(image[:, ::-1] if mirrored else image, (w, h), interpolation=cv2.INTER_AREA)]
     while min(levels[-1].shape[:2]) > 16:
         levels.append(cv2.pyrDown(levels[-1]))
     return tuple(levels)
@@ -122,7 +131,7 @@ def render(pose: Pose, camera: CameraModel, size: tuple[int, int] = (240, 320),
         visible = (z > 1e-6) & (z < depth) & (s >= 0) & (s <= plane.width) & (t >= 0) & (t <= plane.height)
         if not visible.any():
             continue
-        pyramid = _texture_pyramid(plane.photo, plane.width, plane.height)
+        pyramid = _texture_pyramid(plane.photo, plane.width, plane.height, plane.mirrored)
         # Texels per image pixel at this distance and slant: choose the matching mip level.
         footprint = np.median(z[visible] / abs(np.median(denom[visible])) / camera.fx) * _TEXELS_PER_M
         level = int(np.clip(np.floor(np.log2(max(footprint, 1.0))), 0, len(pyramid) - 1))

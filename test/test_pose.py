@@ -399,3 +399,20 @@ def test_matrix_pose_round_trip():
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = cv2.Rodrigues(rng.normal(size=3))[0], rng.normal(size=3)
     np.testing.assert_allclose(pose_to_matrix(matrix_to_pose(T)), T, atol=1e-12)
+
+
+def test_coinciding_points_do_not_break_pnp(scene):
+    """Most matches collapsed onto one query pixel (as a degenerate warp gives): SQPnP
+    asserts on samples of coinciding image points; the pose still comes from the rest."""
+    keyframe, query = pair(scene, 6)
+    rng = np.random.default_rng(13)
+    kq, kk = noisy_matches(keyframe, query, rng, n=200, noise_px=0.3)
+    h, w = query.depth.shape
+    kq_bad = np.tile(kq[:1], (300, 1))
+    kk_bad = rng.uniform((0, 0), (w, h), (300, 2))
+    config = PoseConfig(min_inlier_ratio=0.3)
+    est = estimate_pose(np.r_[kq_bad, kq], np.r_[kk_bad, kk], keyframe.depth, keyframe.camera, query.camera, config)
+    assert est.ok, est.reason
+    assert errors(est, keyframe, query)[0] < 0.03
+    collapsed = estimate_pose(kq_bad, kk_bad, keyframe.depth, keyframe.camera, query.camera, config)
+    assert not collapsed.ok and collapsed.reason
