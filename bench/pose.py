@@ -214,8 +214,8 @@ def timing(repeats: int, noise_px: float = 0.5, outlier_share: float = 0.05) -> 
                                                      confidence=0.999, flags=cv2.SOLVEPNP_SQPNP))
     ess_ms = median_ms(lambda: estimate_pose(kq, kk, None, keyframe.camera, query.camera, config))
     print(f"pose step, {len(kq)} matches (noise {noise_px} px, {outlier_share:.0%} outliers), 480x640, "
-          f"median of {repeats}, {os.cpu_count()} CPU cores, OpenCV {cv2.__version__} with "
-          f"{cv2.getNumThreads()} threads: {est.inliers}/{est.points} inliers, ok={est.ok}")
+          f"median of {repeats}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), OpenCV "
+          f"{cv2.__version__} with {cv2.getNumThreads()} threads: {est.inliers}/{est.points} inliers, ok={est.ok}")
     print(f"  estimate_pose (PnP)        {pose_ms:7.2f} ms  = {pose_ms / TARGET_MS:.2f} x the {TARGET_MS:g} ms target, "
           f"{pose_ms / ransac_ms:.1f} x a bare solvePnPRansac ({ransac_ms:.2f} ms)")
     print(f"  estimate_pose (essential)  {ess_ms:7.2f} ms  = {ess_ms / TARGET_MS:.2f} x the target")
@@ -229,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="480,640", help="image height,width")
     p.add_argument("--timing-repeats", type=int, default=30)
     p.add_argument("--timing-only", action="store_true")
+    p.add_argument("--cv-threads", type=int, help="cv2.setNumThreads for the run (default: OpenCV's)")
     args = p.parse_args(argv)
+    if args.cv_threads is not None:
+        cv2.setNumThreads(args.cv_threads)
     if not args.timing_only:
         h, w = (int(v) for v in args.size.split(","))
         start = time.perf_counter()
