@@ -2,8 +2,9 @@
 
 ``keyframes.yaml`` gives each keyframe a name and optionally a pose in the map
 frame, camera intrinsics and a depth map registered to the image (depth.py); images
-without an entry are keyframes too, named by their file stem. Order (the ``keyframe_index`` users see) is the YAML order, then
-the remaining image files sorted by name. Every write goes through a temp file and
+without an entry are keyframes too, named by their file stem. Order (the
+``keyframe_index`` users see) is the YAML order, then the remaining image files
+sorted by name. Every write goes through a temp file and
 a rename, so a crash never leaves a half-written image or index.
 
 Hidden sub-folders belong to the tools: ``.cache/`` (feature_cache.py), ``.trash/``
@@ -25,6 +26,7 @@ import yaml
 
 from roma_ros.depth import DepthFileError, check_scale, load_depth, save_depth, to_metres
 from roma_ros.imageio import ImageFileError, load_rgb, save_bytes, save_rgb
+from roma_ros.pose import DISTORTION_LENGTHS
 
 INDEX_FILE = "keyframes.yaml"
 DEFAULT_DIR = "~/.ros/roma_ros/keyframes"  # the node's keyframes_dir when its parameter is empty
@@ -107,7 +109,7 @@ def _parse_pose(raw: Any, where: str) -> Pose | None:
 
 
 def parse_intrinsics(raw: Any, where: str) -> dict[str, Any] | None:
-    """``{fx, fy, cx, cy}`` (+ optional ``distortion``: 4, 5, 8, 12 or 14 OpenCV coefficients)
+    """``{fx, fy, cx, cy}`` (+ optional ``distortion``: OpenCV's coefficients, 4, 5, 8, 12 or 14)
     as plain floats; ValueError names what is wrong."""
     if raw is None:
         return None
@@ -120,7 +122,7 @@ def parse_intrinsics(raw: Any, where: str) -> dict[str, Any] | None:
         raise ValueError(f"{where}: intrinsics must be finite")
     if values["fx"] <= 0 or values["fy"] <= 0:
         raise ValueError(f"{where}: focal lengths fx={values['fx']}, fy={values['fy']} must be > 0")
-    if distortion and len(distortion) not in (4, 5, 8, 12, 14):
+    if len(distortion) not in DISTORTION_LENGTHS:
         raise ValueError(f"{where}: distortion needs 4, 5, 8, 12 or 14 coefficients, got {len(distortion)}")
     return values | ({"distortion": distortion} if distortion else {})
 
