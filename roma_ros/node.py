@@ -85,7 +85,7 @@ class MatchNode(Node):
         self.pose_status = {"pose_result": "", "pose_inliers": "", "reprojection_rmse_px": "",
                             "position_std_m": "", "poses_published": "0"}
         self._poses_published = 0
-        self._pub_initialpose = None  # created when publish_initialpose is first on
+        self._pub_initialpose = None  # created when publish_initialpose is first on (AMCL sees no idle publisher)
 
         self.pub_matches = self.create_publisher(PointCloud2, "~/matches", 10)
         self.pub_debug = self.create_publisher(Image, "~/debug_image", 1)
@@ -95,6 +95,7 @@ class MatchNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
+        self._initialpose_publisher()
 
         self._create_image_subscription()
         self._create_pose_input_subscriptions()
@@ -137,7 +138,14 @@ class MatchNode(Node):
         if self.relocalizer is not None:
             self.relocalizer.set_decision(decision)
             self.relocalizer.set_pose_config(pose_config)
+        self._initialpose_publisher()  # before the first pose, so subscribers have matched by then
         return SetParametersResult(successful=True)
+
+    def _initialpose_publisher(self):
+        """The /initialpose publisher while publish_initialpose is on (created once, when first on)."""
+        if self.values["publish_initialpose"] and self._pub_initialpose is None:
+            self._pub_initialpose = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", 10)
+        return self._pub_initialpose if self.values["publish_initialpose"] else None
 
     # ------------------------------------------------------------------ input
     def _create_image_subscription(self) -> None:
@@ -318,11 +326,9 @@ class MatchNode(Node):
             status["pose_result"], status["position_std_m"] = "ok", f"{std:.4f}" if np.isfinite(std) else ""
             out_header = Header(stamp=header.stamp, frame_id=self.values["frame_id"])
             self.pub_pose.publish(pose_with_covariance_msg(out_header, pose, covariance))
-            if self.values["publish_initialpose"]:
-                if self._pub_initialpose is None:
-                    self._pub_initialpose = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", 10)
-                self._pub_initialpose.publish(pose_with_covariance_msg(
-                    out_header, pose, floor_initialpose_covariance(covariance)))
+            initialpose = self._initialpose_publisher()
+            if initialpose is not None:
+                initialpose.publish(pose_with_covariance_msg(out_header, pose, floor_initialpose_covariance(covariance)))
             self._poses_published += 1
         status["poses_published"] = str(self._poses_published)
         self.pose_status = status

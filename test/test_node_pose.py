@@ -152,7 +152,7 @@ def test_pose_near_ground_truth_only_with_intrinsics_and_a_match(posed, scene):
     cloud = probe.send(make_pair("grass", seed=5, size=(240, 320)).query)
     assert cloud.width == 0 and probe.no_pose_for(cloud) and len(probe.poses) == count
     assert node.pose_status["pose_result"] == "no match"
-    assert not probe.initialposes  # publish_initialpose is off by default
+    assert not probe.initialposes and probe.count_publishers("/initialpose") == 0  # off by default
 
 
 def test_initialpose_camera_to_base_and_live_gates(posed, scene):
