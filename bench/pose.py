@@ -2,7 +2,7 @@
 
 The sequence comes from roma_ros.synthetic_scene: a room of textured planes (scikit-image
 photos) with exact depth, five posed keyframes and N queries under strong viewpoint change
-(0.6 to 1.8 m and about 8 to 30 deg away from their keyframe, other exposure and noise). Each
+(0.6 to 1.8 m and 7 to 30 deg away from their keyframe, other exposure and noise). Each
 query is matched against three keyframes (retrieval is bench/place_recognition.py's job):
 - "near": the keyframe it was drawn near: the headline accuracy;
 - "far": the keyframe two stations further on (a much larger viewpoint change): weaker matches,

@@ -39,6 +39,9 @@ _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-1
 _LM_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 1e-10)
 # The first refinement only has to make the inlier re-selection unbiased: a subsample will do.
 _FIRST_REFINE_POINTS = 1000
+# Largest Gauss-Newton step (rad, m) whose residuals are predicted as r + J·step instead of by
+# projecting again: the prediction's error grows with the step squared (under 1e-3 px here).
+_LINEAR_STEP = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,9 +375,15 @@ def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config) -> PoseEsti
         J = jac[np.repeat(mask, 2)]
         step = _gauss_newton_step(J, residual[mask].reshape(-1))
         rvec, tvec = rvec + step[:3].reshape(3, 1), tvec + step[3:].reshape(3, 1)
-        r = residual[mask].reshape(-1) + np.einsum("ij,j->i", J, step)
-        rmse = float(np.sqrt(2.0 * np.mean(r * r)))
-        covariance = _relative_covariance(J, r, rvec, tvec)
+        if np.abs(step).max() < _LINEAR_STEP:
+            r = residual[mask].reshape(-1) + np.einsum("ij,j->i", J, step)
+        else:  # far from the optimum (a poor fit): project again rather than trust the linearization
+            mask, residual, jac = _inliers(obj, img, K, rvec, tvec, config.reprojection_threshold)
+            inliers = int(mask.sum())
+            J, r = jac[np.repeat(mask, 2)], residual[mask].reshape(-1)
+        if inliers >= MIN_PNP_POINTS:
+            rmse = float(np.sqrt(2.0 * np.mean(r * r)))
+            covariance = _relative_covariance(J, r, rvec, tvec)
     inlier_mask = np.zeros(n, bool)
     inlier_mask[idx[mask]] = True
     R, t = _invert(cv2.Rodrigues(rvec)[0], tvec.reshape(3))
