@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from roma_ros.cli_args import add_model_arguments, model_config
+from roma_ros.cli_pose import add_pose_arguments, check_depth_size, compute_pose, pose_inputs, pose_json, pose_line
 from roma_ros.matching.base import WeightsError, build_matcher
 
 RANSAC_CHOICES = ("usac_magsac", "ransac", "lmeds")
@@ -26,7 +27,8 @@ def parse_thresholds(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="roma-match",
-        description="Dense matching of two images with RoMa, verified by a fundamental matrix.",
+        description="Dense matching of two images with RoMa, verified by a fundamental matrix; with "
+                    "intrinsics (and keyframe depth) also the query camera's pose relative to the candidate.",
     )
     p.add_argument("query", help="query image file")
     p.add_argument("candidate", help="candidate (keyframe) image file")
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=parse_thresholds,
                    help="comma-separated RANSAC thresholds for an inlier-count table, e.g. 0.2,0.1,0.05,0.01")
     p.add_argument("--plot", help="with --thresholds: write a chart of inliers against threshold")
+    add_pose_arguments(p)
     return p
 
 
@@ -60,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
     def stage(name: str, start: float) -> None:
         timings[name] = round(time.perf_counter() - start, 4)
 
+    pose_in = pose_inputs(args)  # bad pose options fail before anything slow
     t = time.perf_counter()
     query, candidate = load_rgb(args.query), load_rgb(args.candidate)
     stage("load_images", t)
+    if pose_in is not None:
+        check_depth_size(pose_in, candidate.shape, args.keyframe_depth)
     config = model_config(args, symmetric=not args.one_way, num_samples=args.num_samples, sampler=args.sampler,
                           resize_to_model=args.resize_to_model)
     t = time.perf_counter()
@@ -76,10 +82,20 @@ def run(args: argparse.Namespace) -> int:
     result = verify_fundamental(matches.kpts_query, matches.kpts_candidate, threshold=args.threshold, **ransac)
     stage("verify", t)
 
+    pose = None
+    if pose_in is not None:
+        t = time.perf_counter()
+        inl = result.inlier_mask
+        pose = compute_pose(pose_in, matches.kpts_query[inl], matches.kpts_candidate[inl], result.verified,
+                            result.reason)
+        stage("pose", t)
+
     print(f"model {matcher.name} on {matcher.device}: {len(matches)} matches, "
           f"{result.num_inliers} inliers at {args.threshold} px ({args.ransac})")
     if not result.verified:
         print(f"not verified: {result.reason}")
+    if pose is not None:
+        print(pose_line(pose))
     if args.thresholds:
         counts = inlier_counts_for_thresholds(matches.kpts_query, matches.kpts_candidate, args.thresholds, **ransac)
         print("threshold_px  inliers")
@@ -116,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             "F": None if result.F is None else np.asarray(result.F).tolist(),
             "matches": np.column_stack([matches.kpts_query, matches.kpts_candidate, matches.certainty]).tolist(),
             "inlier_mask": [bool(v) for v in result.inlier_mask],
+            "pose": None if pose is None else pose_json(pose),
             "timings": timings,
         })
         print(f"json written to {args.json}")

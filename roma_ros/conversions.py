@@ -22,25 +22,36 @@ import cv2
 import numpy as np
 from PIL import JpegImagePlugin, PngImagePlugin
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Vector3
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
+from geometry_msgs.msg import Point, Pose, PoseArray, PoseWithCovarianceStamped, Quaternion, Vector3
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from roma_ros.depth import DepthFileError, to_metres
 from roma_ros.imageio import quiet_opencv, to_uint8
 
 __all__ = [
+    "CameraInfoError",
+    "DEPTH_ENCODINGS",
     "FRAME_FAULTS",
     "ImageConversionError",
-    "MIN_IMAGE_SIDE",
+    "INITIALPOSE_FLOOR",
     "MATCH_FIELDS",
+    "MIN_IMAGE_SIDE",
     "SUPPORTED_ENCODINGS",
+    "camera_info_intrinsics",
+    "camera_info_to_camera",
     "compressed_msg_to_rgb",
+    "depth_msg_to_array",
+    "depth_msg_to_metres",
+    "floor_initialpose_covariance",
     "image_msg_to_rgb",
     "match_markers",
     "matches_to_pointcloud2",
     "mono_to_image_msg",
+    "msg_to_pose",
     "pointcloud2_to_matches",
+    "pose_with_covariance_msg",
     "poses_to_pose_array",
     "rgb_to_compressed_msg",
     "rgb_to_image_msg",
@@ -383,9 +394,12 @@ def poses_to_pose_array(header: Header | None,
 
 
 def match_markers(header_frame_id: str, stamp: Time, keyframe_name: str,
-                  keyframe_pose: PoseTuple | None, accepted: bool, text: str) -> MarkerArray:
+                  keyframe_pose: PoseTuple | None, accepted: bool, text: str,
+                  query_pose: PoseTuple | None = None, optical: bool = True) -> MarkerArray:
     """Markers for the latest decision: DELETEALL (clears the previous frame's markers), a text
-    label (green: accepted; red: "no match"), and a sphere at the keyframe's pose when known.
+    label (green: accepted; red: "no match"), a sphere at the keyframe's pose when known, and an
+    arrow at the published query pose (along the viewing direction: z of an ``optical`` camera
+    frame, else x of a base frame).
 
     The label stands above the keyframe pose, or at the frame origin when the pose is unknown.
     """
@@ -408,5 +422,130 @@ def match_markers(header_frame_id: str, stamp: Time, keyframe_name: str,
         markers.append(Marker(header=header, ns=MARKER_NS, id=1, type=Marker.SPHERE,
                               action=Marker.ADD, pose=pose, scale=Vector3(x=0.3, y=0.3, z=0.3),
                               color=ColorRGBA(r=color.r, g=color.g, b=color.b, a=0.6)))
+    if query_pose is not None:
+        arrow = _pose(query_pose)
+        if optical:  # a marker arrow points along its x axis: turn x onto the optical z axis
+            from roma_ros.pose import matrix_from_quaternion, quaternion_from_matrix
+
+            o = arrow.orientation
+            x_to_z = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # -90 deg about y
+            turned = quaternion_from_matrix(matrix_from_quaternion([o.x, o.y, o.z, o.w]) @ x_to_z)
+            arrow.orientation = Quaternion(x=turned[0], y=turned[1], z=turned[2], w=turned[3])
+        markers.append(Marker(header=header, ns=MARKER_NS, id=2, type=Marker.ARROW, action=Marker.ADD,
+                              pose=arrow, scale=Vector3(x=0.6, y=0.08, z=0.08),
+                              color=ColorRGBA(r=0.1, g=0.4, b=1.0, a=0.9)))
     return MarkerArray(markers=markers)
 
+
+
+# ------------------------------------------------------------------ camera_info, depth, poses
+
+class CameraInfoError(ValueError):
+    """A CameraInfo that cannot serve as intrinsics; the message says why."""
+
+
+# Distortion models whose ``d`` vector OpenCV takes as it is (k1 k2 p1 p2 k3 [k4 k5 k6]).
+OPENCV_DISTORTION_MODELS = ("plumb_bob", "rational_polynomial")
+
+
+def camera_info_intrinsics(msg: CameraInfo) -> dict:
+    """CameraInfo -> ``{fx, fy, cx, cy[, distortion]}`` in the ROS/OpenCV convention (pixel
+    centres at integers, as keyframes.yaml stores them). All-zero distortion is left out."""
+    k = [float(v) for v in msg.k]
+    fx, fy, cx, cy = k[0], k[4], k[2], k[5]
+    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
+        raise CameraInfoError(f"camera_info K has fx={fx}, fy={fy}: the camera is not calibrated "
+                              "(or K is not row-major 3x3); calibrate it or set query_intrinsics")
+    d = [float(v) for v in msg.d]
+    intrinsics = {"fx": fx, "fy": fy, "cx": cx, "cy": cy}
+    if any(v != 0.0 for v in d):
+        if msg.distortion_model not in OPENCV_DISTORTION_MODELS:
+            raise CameraInfoError(f"camera_info distortion model '{msg.distortion_model}' is not supported: "
+                                  f"use {' or '.join(OPENCV_DISTORTION_MODELS)}, or rectified images")
+        if not np.isfinite(d).all():
+            raise CameraInfoError("camera_info distortion coefficients must be finite")
+        intrinsics["distortion"] = d
+    if int(msg.binning_x) > 1 or int(msg.binning_y) > 1 or int(msg.roi.width) or int(msg.roi.height):
+        raise CameraInfoError("camera_info with binning or a region of interest is not supported: "
+                              "publish the intrinsics of the image as sent")
+    return intrinsics
+
+
+def camera_info_to_camera(msg: CameraInfo):
+    """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame)."""
+    from roma_ros.pose import CameraModel
+
+    k = camera_info_intrinsics(msg)
+    camera = CameraModel.from_ros(k["fx"], k["fy"], k["cx"], k["cy"], k.get("distortion", ()))
+    try:
+        camera.validate()
+    except ValueError as exc:
+        raise CameraInfoError(f"camera_info: {exc}") from None
+    return camera
+
+
+# Depth image encodings (registered to the colour image): units and pixel type.
+DEPTH_ENCODINGS = {"16UC1": "<u2", "mono16": "<u2", "32FC1": "<f4"}
+
+
+def depth_msg_to_array(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image 16UC1 (mm, 0 = unknown) or 32FC1 (m, NaN/0 = unknown) -> a fresh
+    (H, W) array as stored: uint16 millimetres or float32 metres (``depth.to_metres`` converts)."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ImageConversionError(f"unsupported depth encoding '{msg.encoding}': publish 16UC1 (mm) or 32FC1 (m)")
+    dtype = np.dtype(DEPTH_ENCODINGS[msg.encoding])
+    if msg.is_bigendian:
+        dtype = dtype.newbyteorder(">")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageConversionError(f"zero-size depth image ({w}x{h})")
+    if step < w * dtype.itemsize or len(msg.data) < step * h:
+        raise ImageConversionError(f"wrong depth step/size: step {step}, width {w}, height {h}, "
+                                   f"{len(msg.data)} bytes of data ({msg.encoding})")
+    view = np.ndarray((h, w), dtype, buffer=memoryview(msg.data), strides=(step, dtype.itemsize))
+    return view.astype(dtype.newbyteorder("="))
+
+
+def depth_msg_to_metres(msg: Image) -> np.ndarray:
+    """A depth image as (H, W) float32 metres, NaN = unknown."""
+    try:
+        return to_metres(depth_msg_to_array(msg), source=f"depth image ({msg.encoding})")
+    except DepthFileError as exc:
+        raise ImageConversionError(str(exc)) from None
+
+
+def msg_to_pose(msg: Pose) -> PoseTuple:
+    """geometry_msgs/Pose -> ((x, y, z), (qx, qy, qz, qw)) with a unit quaternion; ValueError when
+    not finite or the quaternion is zero."""
+    xyz = (float(msg.position.x), float(msg.position.y), float(msg.position.z))
+    q = np.array([msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w], np.float64)
+    norm = float(np.linalg.norm(q))
+    if not (np.isfinite(xyz).all() and np.isfinite(q).all()) or norm < 1e-6:
+        raise ValueError(f"pose {xyz} {q.tolist()} is not finite or has a zero quaternion")
+    return xyz, tuple(float(v) for v in q / norm)
+
+
+def pose_with_covariance_msg(header: Header, pose: PoseTuple, covariance: np.ndarray) -> PoseWithCovarianceStamped:
+    """PoseWithCovarianceStamped (covariance 6x6, ROS order). A covariance with a non-finite
+    entry is unknown: it goes out as a large diagonal (1e6), which consumers read as "no idea"."""
+    msg = PoseWithCovarianceStamped(header=header)
+    msg.pose.pose = _pose(pose)
+    cov = np.asarray(covariance, np.float64).reshape(6, 6)
+    if not np.isfinite(cov).all():
+        cov = np.diag(np.full(6, 1e6))
+    msg.pose.covariance = [float(v) for v in cov.ravel()]
+    return msg
+
+
+# RViz's "2D Pose Estimate" covariance: x, y 0.25 m^2 (0.5 m std), yaw 0.0685 rad^2 (15 deg std).
+INITIALPOSE_FLOOR = {0: 0.25, 7: 0.25, 35: 0.06853891945200942}
+
+
+def floor_initialpose_covariance(covariance: np.ndarray) -> np.ndarray:
+    """The covariance with the x, y and yaw variances raised to at least RViz's 2D Pose Estimate
+    values, so AMCL spreads its particles at least as much as after a click in RViz."""
+    cov = np.asarray(covariance, np.float64).reshape(6, 6).copy()
+    flat = cov.reshape(-1)
+    for index, floor in INITIALPOSE_FLOOR.items():
+        flat[index] = max(flat[index], floor) if np.isfinite(flat[index]) else floor
+    return cov

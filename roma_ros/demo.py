@@ -5,10 +5,13 @@ Runs on a machine without a ROS install, GPU or weights (the pip venv is enough)
 1. builds a keyframe folder from real photos (scikit-image) with a ``keyframes.yaml`` that names
    each place and gives it a made-up pose in the ``map`` frame, plus query images that show each
    place from a strongly different viewpoint and two distractor photos of places never stored;
+   and posed depth keyframes of a small 3D scene (synthetic_scene.py: textured planes rendered
+   with exact depth) with queries whose true pose is known, so the table shows the metric pose
+   error of ``~/pose``;
 2. picks the best matcher whose weights are on this machine (RoMa, Tiny RoMa, else the classical
    SIFT baseline) and says which files are missing and where to put them;
 3. starts the real node (``python -m roma_ros.node``) on loopback-only DDS, publishes each query,
-   waits for its ``~/matches`` answer, saves ``~/debug_image`` and prints a table.
+   waits for its ``~/matches`` answer (and ``~/pose``), saves ``~/debug_image`` and prints a table.
 
 Exit status: 0 when every query got an answer, 1 when the node died or a query got none.
 """
@@ -26,17 +29,27 @@ from pathlib import Path
 
 import numpy as np
 
+from roma_ros.depth import save_depth
 from roma_ros.imageio import save_rgb
 from roma_ros.rosenv import configure_local_dds, share_file
 from roma_ros.testdata import make_pair
 
 NODE_NAME = "roma_matcher"
 IMAGE_TOPIC = "/roma_demo/image"
+CAMERA_INFO_TOPIC = "/roma_demo/camera_info"
 # Places stored as keyframes: (photo, seed of the strong query view). The keyframe itself is a
 # mild view of the photo; the query a strong one (perspective, rotation, scale, exposure).
 PLACES = (("astronaut", 20), ("coffee", 21), ("chelsea", 22), ("rocket", 24))
-# Photos that are never stored: the node must answer "no match".
-DISTRACTORS = (("grass", 30), ("brick", 31))
+# Photos that are never stored: the node must answer "no match" ("camera" appears nowhere in the
+# synthetic scene below, whose back wall is the brick photo).
+DISTRACTORS = (("grass", 30), ("camera", 31))
+# The 3D scene: its keyframes (with depth, intrinsics and true poses) and this many queries, one
+# per keyframe station, under 15-35 deg of viewpoint change. Small images keep it quick.
+SCENE_QUERIES = 4
+SCENE_SEED = 0
+SCENE_SIZE = (240, 320)  # (height, width)
+# A pose counts as good within these errors (the usual fine relocalization threshold).
+GOOD_POSE = (0.05, 5.0)  # (metres, degrees)
 KEYFRAME_STRENGTH = 0.3
 QUERY_STRENGTH = 1.0
 IMAGE_SIZE = (480, 640)  # (height, width)
@@ -62,6 +75,7 @@ class Query:
     name: str
     image: np.ndarray
     expected: str | None  # keyframe name, or None for a distractor
+    true_pose: tuple | None = None  # camera optical frame in the map, where known (scene queries)
 
 
 @dataclass
@@ -69,6 +83,7 @@ class DemoData:
     keyframes_dir: Path
     keyframe_names: list[str]  # index = keyframe_index
     queries: list[Query]
+    scene_camera: object = None  # pose.CameraModel of the scene views (published as camera_info)
 
 
 def keyframe_pose(index: int) -> dict[str, list[float]]:
@@ -98,13 +113,35 @@ def build_demo_data(output: Path) -> DemoData:
     for photo, seed in DISTRACTORS:
         view = make_pair(photo, seed, size=IMAGE_SIZE, strength=QUERY_STRENGTH).candidate
         queries.append(Query(f"distractor_{photo}", view, None))
+    camera = scene_keyframes(keyframes_dir, entries, names, queries)
     for query in queries:
         save_rgb(queries_dir / f"{query.name}.png", query.image)
 
-    text = ("# Written by roma_ros.demo. Order = keyframe_index; poses are made up (map frame).\n"
+    text = ("# Written by roma_ros.demo. Order = keyframe_index. Photo places: made-up poses (map frame);\n"
+            "# scene_*: true camera poses of the synthetic scene, with depth and intrinsics.\n"
             + yaml.safe_dump({"keyframes": entries}, sort_keys=False, default_flow_style=None))
     (keyframes_dir / "keyframes.yaml").write_text(text)
-    return DemoData(keyframes_dir, names, queries)
+    return DemoData(keyframes_dir, names, queries, camera)
+
+
+def scene_keyframes(keyframes_dir: Path, entries: list, names: list[str], queries: list[Query]):
+    """Add the synthetic scene's keyframes (image, 16-bit depth in mm, intrinsics as CameraInfo
+    gives them, true pose) to ``entries`` and its queries (with true poses) to ``queries``."""
+    from roma_ros.synthetic_scene import relocalization_set
+
+    keyframes, scene_queries = relocalization_set(seed=SCENE_SEED, n_queries=SCENE_QUERIES, size=SCENE_SIZE)
+    for view in keyframes:
+        name = f"scene_{view.name}"
+        save_rgb(keyframes_dir / f"{name}.png", view.rgb)
+        save_depth(keyframes_dir / "depth" / f"{name}.png", view.depth)
+        fx, fy, cx, cy = view.camera.to_ros()
+        entries.append({"name": name, "image": f"{name}.png", "depth": f"depth/{name}.png",
+                        "intrinsics": {"fx": fx, "fy": fy, "cx": cx, "cy": cy},
+                        "pose": {"position": list(view.pose[0]), "orientation": list(view.pose[1])}})
+        names.append(name)
+    for view in scene_queries:
+        queries.append(Query(f"scene_{view.name}", view.rgb, f"scene_{keyframes[view.keyframe].name}", view.pose))
+    return keyframes[0].camera
 
 
 # ------------------------------------------------------------------------------ model choice
@@ -179,21 +216,33 @@ class QueryResult:
     inliers: int = 0
     latency_ms: float | None = None
     debug_image: Path | None = None
+    posed: bool = False  # the query's true pose is known: a ~/pose is expected
+    position_error_m: float | None = None  # of the ~/pose received, against the true pose
+    rotation_error_deg: float | None = None
 
     @property
     def correct(self) -> bool:
         return self.answered and self.matched == self.expected
 
+    @property
+    def pose_cell(self) -> str:
+        if self.position_error_m is None:
+            return "none" if self.posed else "-"
+        return "yes" if (self.position_error_m, self.rotation_error_deg) <= GOOD_POSE else "off"
+
 
 def format_table(results: list[QueryResult]) -> str:
     """One row per query, columns separated by at least two spaces (cells hold single spaces)."""
-    header = ["query", "expected", "matched", "correct", "inliers", "latency_ms"]
+    header = ["query", "expected", "matched", "correct", "inliers", "latency_ms", "pose", "pos_err_m",
+              "rot_err_deg"]
     rows = [header]
     for r in results:
         matched = (r.matched or "no match") if r.answered else "NO ANSWER"
         latency = f"{r.latency_ms:.0f}" if r.latency_ms is not None else "-"
+        position = f"{r.position_error_m:.3f}" if r.position_error_m is not None else "-"
+        rotation = f"{r.rotation_error_deg:.2f}" if r.rotation_error_deg is not None else "-"
         rows.append([r.name, r.expected or "none", matched, "yes" if r.correct else "no",
-                     str(r.inliers), latency])
+                     str(r.inliers), latency, r.pose_cell, position, rotation])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -202,7 +251,13 @@ def summary_line(results: list[QueryResult]) -> str:
     correct = sum(r.correct for r in results)
     unanswered = sum(not r.answered for r in results)
     text = f"correct {correct}/{len(results)}"
-    return text + (f" ({unanswered} without answer)" if unanswered else "")
+    text += f" ({unanswered} without answer)" if unanswered else ""
+    posed = [r for r in results if r.posed]
+    if posed:
+        good = sum(r.pose_cell == "yes" for r in posed)
+        text += (f"; poses within {GOOD_POSE[0] * 100:.0f} cm and {GOOD_POSE[1]:.0f} deg of the truth: "
+                 f"{good}/{len(posed)}")
+    return text
 
 
 # ------------------------------------------------------------------------------ the node
@@ -250,7 +305,7 @@ def node_command(params_file: Path, keyframes_dir: Path, model: str, device: str
         params["device"] = device
     params.update(extra)
     cmd = [sys.executable, "-m", "roma_ros.node", "--ros-args", "--params-file", str(params_file),
-           "-r", f"image:={IMAGE_TOPIC}"]
+           "-r", f"image:={IMAGE_TOPIC}", "-r", f"camera_info:={CAMERA_INFO_TOPIC}"]
     for name, value in params.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
         cmd += ["-p", f"{name}:={text}"]
@@ -264,13 +319,13 @@ class DemoFailure(RuntimeError):
 class DemoClient:
     """rclpy side of the demo: publishes queries, collects answers and debug images."""
 
-    def __init__(self, node_proc: NodeProcess, num_keyframes: int) -> None:
+    def __init__(self, node_proc: NodeProcess, num_keyframes: int, camera=None) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseArray
+        from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
         self.node_proc = node_proc
         self.num_keyframes = num_keyframes
@@ -279,7 +334,7 @@ class DemoClient:
         self.executor.add_node(self.node)
         ns = f"/{NODE_NAME}"
         self.topics = {"matches": f"{ns}/matches", "debug": f"{ns}/debug_image",
-                       "keyframes": f"{ns}/keyframes"}
+                       "keyframes": f"{ns}/keyframes", "pose": f"{ns}/pose"}
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -287,6 +342,12 @@ class DemoClient:
         self.clouds: dict[tuple[int, int], tuple[PointCloud2, float]] = {}
         self.debug: dict[tuple[int, int], Image] = {}
         self.publisher = self.node.create_publisher(Image, IMAGE_TOPIC, reliable)
+        self.camera = camera
+        self.camera_info_publisher = self.node.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, reliable)
+        self.poses: dict[tuple[int, int], PoseWithCovarianceStamped] = {}
+        self.node.create_subscription(PoseWithCovarianceStamped, self.topics["pose"],
+                                      lambda msg: self.poses.__setitem__(self._key(msg.header.stamp), msg), reliable)
+        self.intrinsics_source = ""  # where the node takes query intrinsics from (its diagnostics)
         self.node.create_subscription(PoseArray, self.topics["keyframes"], self._on_keyframes, latched)
         self.node.create_subscription(PointCloud2, self.topics["matches"], self._on_cloud, reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
@@ -313,6 +374,7 @@ class DemoClient:
             if status.message != self.state:
                 self.state = status.message
                 print(f"[demo]   node state: {self.state}", flush=True)
+            self.intrinsics_source = next((kv.value for kv in status.values if kv.key == "query_intrinsics"), "")
             if status.level == DiagnosticStatus.ERROR:
                 values = {kv.key: kv.value for kv in status.values}
                 self.error = values.get("last_error") or status.message
@@ -349,12 +411,35 @@ class DemoClient:
                 raise DemoFailure(f"timed out after {timeout:.0f} s waiting for {what}")
             self.executor.spin_once(timeout_sec=0.1)
 
+    def publish_camera_info(self) -> None:
+        """The scene camera's CameraInfo: the node uses the latest one for every query (photo
+        queries, of another size, then get no pose, as they should)."""
+        from sensor_msgs.msg import CameraInfo
+
+        fx, fy, cx, cy = self.camera.to_ros()
+        info = CameraInfo(width=SCENE_SIZE[1], height=SCENE_SIZE[0], distortion_model="plumb_bob", d=[0.0] * 5,
+                          k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+        info.header.frame_id = "camera_optical"
+        self.camera_info_publisher.publish(info)
+
+    def wait_a_little(self, done, timeout: float, what: str) -> None:
+        """``spin_until`` for an optional message: a timeout is not a failure, a dead node is."""
+        try:
+            self.spin_until(done, timeout, what)
+        except DemoFailure:
+            if not self.node_proc.alive():
+                raise
+
     def wait_ready(self, timeout: float) -> None:
-        """Up means: keyframes published (transient local) and every endpoint we use matched."""
+        """Up means: keyframes published (transient local), every endpoint we use matched and the
+        node holds the scene's camera_info."""
         def ready() -> bool:
             if self._debug_sub is None:
                 self._subscribe_debug()
-            return (self.keyframes is not None
+            if self.camera is not None and self.camera_info_publisher.get_subscription_count() > 0:
+                self.publish_camera_info()
+            return ((self.camera is None or self.intrinsics_source == "camera_info")
+                    and self.keyframes is not None
                     and len(self.keyframes.poses) == self.num_keyframes
                     and self._debug_sub is not None
                     and self.publisher.get_subscription_count() > 0
@@ -389,6 +474,12 @@ class DemoClient:
             return result
         cloud, received = self.clouds.pop(key)
         result.answered = True
+        result.posed = query.true_pose is not None
+        if result.posed and cloud.width:  # ~/pose goes out just before the cloud, on its own topic
+            self.wait_a_little(lambda: key in self.poses, 1.0, f"the pose of {query.name}")
+        pose = self.poses.pop(key, None)
+        if pose is not None and query.true_pose is not None:
+            result.position_error_m, result.rotation_error_deg = pose_errors(pose, query.true_pose)
         result.latency_ms = (received - sent) * 1000.0
         fields = pointcloud2_to_matches(cloud)
         result.inliers = int(cloud.width * cloud.height)
@@ -397,11 +488,7 @@ class DemoClient:
             best = int(indices[0])
             result.matched = keyframe_names[best] if best < len(keyframe_names) else f"#{best}"
         # The debug image may come just after the cloud.
-        try:
-            self.spin_until(lambda: key in self.debug, 5.0, f"the debug image of {query.name}")
-        except DemoFailure:
-            if not self.node_proc.alive():
-                raise
+        self.wait_a_little(lambda: key in self.debug, 5.0, f"the debug image of {query.name}")
         image = self.debug.pop(key, None)
         if image is not None:
             result.debug_image = save_rgb(debug_dir / f"{query.name}.png", image_msg_to_rgb(image))
@@ -410,6 +497,15 @@ class DemoClient:
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
+
+
+def pose_errors(msg, true_pose) -> tuple[float, float]:
+    """(position error m, rotation error deg) of a PoseWithCovarianceStamped against a pose tuple."""
+    from roma_ros.pose import pose_to_matrix, rotation_angle_deg
+
+    p, o = msg.pose.pose.position, msg.pose.pose.orientation
+    found, truth = pose_to_matrix(((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))), pose_to_matrix(true_pose)
+    return float(np.linalg.norm(found[:3, 3] - truth[:3, 3])), rotation_angle_deg(found[:3, :3], truth[:3, :3])
 
 
 # ------------------------------------------------------------------------------ main
@@ -461,7 +557,7 @@ def run(args: argparse.Namespace) -> int:
     # Python's own SIGINT handling (KeyboardInterrupt) stays, so Ctrl-C reaches the finally below.
     rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
     try:
-        client = DemoClient(node_proc, len(data.keyframe_names))
+        client = DemoClient(node_proc, len(data.keyframe_names), data.scene_camera)
         startup = max(180.0, 2 * timeout)
         client.wait_ready(startup)
         print(f"[demo] node up with {len(data.keyframe_names)} keyframes: "

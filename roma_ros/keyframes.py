@@ -1,19 +1,21 @@
 """The on-disk keyframe store: a folder of images plus an optional ``keyframes.yaml``.
 
 ``keyframes.yaml`` gives each keyframe a name and optionally a pose in the map
-frame and camera intrinsics; images without an entry are keyframes too, named by
-their file stem. Order (the ``keyframe_index`` users see) is the YAML order, then
-the remaining image files sorted by name. Every write goes through a temp file and
+frame, camera intrinsics and a depth map registered to the image (depth.py); images
+without an entry are keyframes too, named by their file stem. Order (the
+``keyframe_index`` users see) is the YAML order, then the remaining image files
+sorted by name. Every write goes through a temp file and
 a rename, so a crash never leaves a half-written image or index.
 
 Hidden sub-folders belong to the tools: ``.cache/`` (feature_cache.py), ``.trash/``
 (images of a removal in progress) and ``.unreadable/`` (images ``check --repair``
-moved aside). ``roma-keyframes`` (keyframes_cli.py) is the command line for all this.
+moved aside). Depth maps written by ``add`` go to ``depth/``, out of the way of the
+image scan. ``roma-keyframes`` (keyframes_cli.py) is the command line for all this.
 
 Nothing is ever written outside the folder: an index entry may name an image elsewhere
 (it is read, never written next to), cache files are named by a hash of the image's
-resolved path, and a ``.cache`` or ``.trash`` that is a symlink or resolves outside the
-folder is refused (``confined_subdir``).
+resolved path, and a ``.cache``, ``.trash`` or ``depth`` that is a symlink or resolves
+outside the folder is refused (``confined_subdir``).
 """
 from __future__ import annotations
 
@@ -28,14 +30,19 @@ from typing import Any
 import numpy as np
 import yaml
 
+from roma_ros.depth import DepthFileError, check_scale, load_depth, save_depth, to_metres
 from roma_ros.imageio import ImageFileError, fsync_dir, load_rgb, replace_durably, save_bytes, save_rgb
+from roma_ros.pose import DISTORTION_LENGTHS
 
 INDEX_FILE = "keyframes.yaml"
 DEFAULT_DIR = "~/.ros/roma_ros/keyframes"  # the node's keyframes_dir when its parameter is empty
 CACHE_DIR = ".cache"  # feature_cache.py keeps its files here
 TRASH_DIR = ".trash"
+DEPTH_DIR = "depth"  # where ``add`` writes depth maps (a sub-folder: never taken for keyframe images)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
+INTRINSICS_KEYS = ("fx", "fy", "cx", "cy")
+ENTRY_KEYS = {"name", "image", "pose", "intrinsics", "added", "depth", "depth_scale"}
 
 
 @dataclass
@@ -44,9 +51,20 @@ class Keyframe:
     image_file: str  # relative to the store folder
     image: np.ndarray  # RGB uint8
     pose: Pose | None = None
-    intrinsics: dict[str, float] | None = None
+    # fx, fy, cx, cy (+ optional distortion), OpenCV/ROS convention: pixel centres at integers.
+    intrinsics: dict[str, Any] | None = None
     added: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Depth registered to ``image``: float32 metres, NaN = unknown. Kept decoded in memory
+    # (1.2 MB at 640x480, less than the keyframe's RoMa features) so a pose costs no file read.
+    depth: np.ndarray | None = None
+    depth_file: str | None = None  # relative to the store folder, as in keyframes.yaml
+    depth_scale: float | None = None  # metres per stored unit; None = the file type's default
+
+    @property
+    def posable(self) -> bool:
+        """Has everything a metric query pose needs from the keyframe side."""
+        return self.depth is not None and self.intrinsics is not None and self.pose is not None
 
     def to_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "image": self.image_file}
@@ -54,6 +72,10 @@ class Keyframe:
             entry["pose"] = {"position": list(self.pose[0]), "orientation": list(self.pose[1])}
         if self.intrinsics:
             entry["intrinsics"] = dict(self.intrinsics)
+        if self.depth_file:
+            entry["depth"] = self.depth_file
+            if self.depth_scale is not None:
+                entry["depth_scale"] = self.depth_scale
         if self.added:
             entry["added"] = self.added
         return {**self.extra, **entry}
@@ -120,6 +142,61 @@ def _parse_pose(raw: Any, where: str) -> Pose | None:
     return position, orientation  # type: ignore[return-value]
 
 
+def parse_intrinsics(raw: Any, where: str) -> dict[str, Any] | None:
+    """``{fx, fy, cx, cy}`` (+ optional ``distortion``: OpenCV's coefficients, 4, 5, 8, 12 or 14)
+    as plain floats; ValueError names what is wrong."""
+    if raw is None:
+        return None
+    try:
+        values = {key: float(raw[key]) for key in INTRINSICS_KEYS}
+        distortion = [float(v) for v in raw.get("distortion") or []]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{where}: intrinsics need fx, fy, cx, cy numbers ({exc!r})") from None
+    if not all(np.isfinite(list(values.values()) + distortion)):
+        raise ValueError(f"{where}: intrinsics must be finite")
+    if values["fx"] <= 0 or values["fy"] <= 0:
+        raise ValueError(f"{where}: focal lengths fx={values['fx']}, fy={values['fy']} must be > 0")
+    if len(distortion) not in DISTORTION_LENGTHS:
+        raise ValueError(f"{where}: distortion needs 4, 5, 8, 12 or 14 coefficients, got {len(distortion)}")
+    return values | ({"distortion": distortion} if distortion else {})
+
+
+def parse_depth_scale(raw: Any, where: str) -> float | None:
+    if raw is None:
+        return None
+    try:
+        scale = float(raw)
+        check_scale(scale)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return scale
+
+
+def read_entry_depth(directory: Path, entry: dict[str, Any], image_shape: tuple[int, ...],
+                     where: str) -> np.ndarray | None:
+    """The entry's depth map in metres (None without ``depth``); DepthFileError / ValueError
+    say what is wrong, e.g. a size other than the image's."""
+    if entry.get("depth") is None:
+        return None
+    scale = parse_depth_scale(entry.get("depth_scale"), where)
+    path = directory / str(entry["depth"])
+    depth = load_depth(path, scale)
+    if depth.shape != tuple(image_shape[:2]):
+        raise DepthFileError(f"depth file '{path}' is {depth.shape[1]}x{depth.shape[0]} but its image is "
+                             f"{image_shape[1]}x{image_shape[0]}: depth must be registered to the image")
+    return depth
+
+
+def indexed_files(entries: list[Any]) -> set[str]:
+    """Files the index names (images and depth maps): never taken for unindexed keyframe images."""
+    files = set()
+    for entry in entries:
+        if isinstance(entry, dict):
+            files.update(str(entry[key]) for key in ("image", "depth", "invalid_depth")
+                         if isinstance(entry.get(key), (str, int, float)))
+    return files
+
+
 class KeyframeStore:
     """Reads and appends to a keyframe folder; problems are collected as warnings."""
 
@@ -167,32 +244,52 @@ class KeyframeStore:
             )
             return []
         keyframes: list[Keyframe] = []
-        seen_files: set[str] = set()
-        for number, entry in enumerate(self._read_index()):
+        entries = self._read_index()
+        for number, entry in enumerate(entries):
             where = f"{self.index_path} entry {number}"
             if not isinstance(entry, dict) or "image" not in entry:
                 self.warnings.append(f"{where}: needs at least 'image'; skipped")
                 continue
             image_file = str(entry["image"])
-            seen_files.add(image_file)
             try:
                 pose = _parse_pose(entry.get("pose"), where)
                 image = load_rgb(self.directory / image_file)
             except (ValueError, ImageFileError) as exc:
                 self.warnings.append(f"keyframe '{entry.get('name', image_file)}' skipped: {exc}")
                 continue
-            known = {"name", "image", "pose", "intrinsics", "added"}
-            keyframes.append(Keyframe(
+            keyframe = Keyframe(
                 name=str(entry.get("name") or Path(image_file).stem), image_file=image_file, image=image,
-                pose=pose, intrinsics=entry.get("intrinsics"), added=entry.get("added"),
-                extra={k: v for k, v in entry.items() if k not in known},
-            ))
-        for path in self.unindexed_images(seen_files):
+                pose=pose, added=entry.get("added"),
+                extra={k: v for k, v in entry.items() if k not in ENTRY_KEYS},
+            )
+            self._load_camera(keyframe, entry, where)
+            keyframes.append(keyframe)
+        for path in self.unindexed_images(indexed_files(entries)):
             try:
                 keyframes.append(Keyframe(name=path.stem, image_file=path.name, image=load_rgb(path)))
             except ImageFileError as exc:
                 self.warnings.append(f"keyframe image skipped: {exc}")
         return keyframes
+
+    def _load_camera(self, keyframe: Keyframe, entry: dict[str, Any], where: str) -> None:
+        """Intrinsics and depth of an entry; a bad one costs the keyframe its pose ability
+        (with a warning naming the file), not its place in the store."""
+        name = f"keyframe '{keyframe.name}'"
+        try:
+            keyframe.intrinsics = parse_intrinsics(entry.get("intrinsics"), where)
+        except ValueError as exc:
+            self.warnings.append(f"{name} has no intrinsics: {exc}")
+        keyframe.extra.update({k: entry[k] for k in ("depth", "depth_scale") if k in entry})
+        try:
+            keyframe.depth = read_entry_depth(self.directory, entry, keyframe.image.shape, where)
+        except (DepthFileError, ValueError) as exc:
+            self.warnings.append(f"{name} has no depth: {exc}")
+            return
+        if keyframe.depth is not None:
+            keyframe.depth_file = str(entry["depth"])
+            keyframe.depth_scale = parse_depth_scale(entry.get("depth_scale"), where)
+            del keyframe.extra["depth"]
+            keyframe.extra.pop("depth_scale", None)
 
     def unindexed_images(self, indexed: set[str]) -> list[Path]:
         """Image files of the folder that no index entry names, sorted (their load order)."""
@@ -238,13 +335,18 @@ class KeyframeStore:
         return name
 
     def add(self, image: np.ndarray, existing: list[Keyframe], name: str | None = None,
-            pose: Pose | None = None) -> Keyframe:
+            pose: Pose | None = None, intrinsics: dict[str, Any] | None = None,
+            depth: np.ndarray | None = None, depth_scale: float | None = None) -> Keyframe:
         """Store ``image`` as a new keyframe after ``existing`` (the current load order).
 
-        The image file is written first, then the index; when the index write fails the
-        image is deleted again, so a failed add leaves nothing behind. Only a crash in
-        between leaves an extra image, which the next load finds as a keyframe. Index
-        entries are kept as written, including ones that cannot be loaded at the moment.
+        ``depth`` is registered to ``image``: uint16 in stored units (``depth_scale`` metres
+        each, default mm), written as a 16-bit PNG unchanged, or float metres (NaN unknown),
+        written as a float32 TIFF; both lossless. Files are written first (depth, image), then
+        the index, which is the commit point; when the index write fails the files are deleted
+        again, so a failed add leaves nothing behind. Only a crash in between leaves an extra
+        image, which the next load finds as a keyframe (and a depth file that ``check``
+        reports). Index entries are kept as written, including ones that cannot be loaded at
+        the moment.
         """
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"keyframes_dir '{self.directory}' is a file, not a folder: set keyframes_dir "
@@ -252,13 +354,26 @@ class KeyframeStore:
         if self.index_path.exists() and not self.index_path.is_file():
             raise IsADirectoryError(f"'{self.index_path}' is not a file (a folder?): rename or delete it, then add "
                                     "again")
+        intrinsics = parse_intrinsics(intrinsics, "intrinsics")
+        if depth is not None and np.shape(depth) != image.shape[:2]:
+            raise ValueError(f"depth is {np.shape(depth)} but the image is {image.shape[:2]}: "
+                             "depth must be registered to the image")
         self.directory.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.timezone.utc)
         name = self._unique_name(name or now.strftime("kf_%Y%m%d_%H%M%S_%f"), {k.name for k in existing})
-        keyframe = Keyframe(name=name, image_file=f"{name}.png", image=image, pose=pose,
+        keyframe = Keyframe(name=name, image_file=f"{name}.png", image=image, pose=pose, intrinsics=intrinsics,
                             added=now.isoformat(timespec="seconds"))
-        image_path = save_rgb(self.directory / keyframe.image_file, image)
+        written: list[Path] = []
         try:
+            if depth is not None:
+                depth = np.asarray(depth)
+                integer = depth.dtype == np.uint16
+                keyframe.depth_file = f"{DEPTH_DIR}/{name}.{'png' if integer else 'tiff'}"
+                keyframe.depth_scale = parse_depth_scale(depth_scale, "depth_scale") if integer else None
+                depth_dir = confined_subdir(self.directory, DEPTH_DIR)
+                written.append(save_depth(depth_dir / Path(keyframe.depth_file).name, depth))
+                keyframe.depth = to_metres(depth, keyframe.depth_scale)
+            written.append(save_rgb(self.directory / keyframe.image_file, image))
             raw = self._read_index()
             if self._index_unreadable and self.index_path.exists():
                 self.backup_unreadable_index()  # keep the user's broken index for repair
@@ -269,16 +384,17 @@ class KeyframeStore:
             self.write_index(raw + unindexed + [keyframe.to_entry()])
         except BaseException:  # a failed add leaves nothing behind for the next load to find
             with contextlib.suppress(OSError):  # the original error is the one to report
-                image_path.unlink(missing_ok=True)
-                fsync_dir(self.directory)
+                for path in written:
+                    path.unlink(missing_ok=True)
+                    fsync_dir(path.parent)
             raise
         return keyframe
 
     def remove(self, name: str) -> RemovedKeyframe:
-        """Remove keyframe ``name``: its index entry, its image file and its cached features.
+        """Remove keyframe ``name``: its index entry, its image and depth files and its cached features.
 
         The index rewrite is the commit point, and the order makes every crash safe:
-        1. the image is renamed into ``.trash/`` (atomic);
+        1. the image (and the depth file) are renamed into ``.trash/`` (atomic each);
         2. keyframes.yaml is rewritten without the entry (atomic): the removal is done;
         3. the trashed image and the cache files are deleted.
         If step 2 fails the image is renamed back and the store is exactly as before. A
@@ -287,7 +403,7 @@ class KeyframeStore:
         lists it, so the removal never happened). A crash after 2 leaves only files that
         ``check`` reports and deletes. Deleting the image first would lose it if the index
         write failed; deleting it last would let a crash bring it back as an unnamed,
-        pose-less keyframe. An image still used by another entry, or lying outside the
+        pose-less keyframe. A file still used by another entry, or lying outside the
         store folder, is left in place.
         """
         if not self.directory.is_dir():
@@ -297,9 +413,8 @@ class KeyframeStore:
         if self._index_unreadable:
             raise ValueError(f"{self.index_path} is unreadable: run `roma-keyframes check --repair` first")
         valid = [i for i, e in enumerate(entries) if isinstance(e, dict) and "image" in e]
-        indexed = {str(entries[i]["image"]) for i in valid}
         hits = [(i, str(entries[i]["image"])) for i in valid if entry_name(entries[i]) == name]
-        hits += [(None, p.name) for p in self.unindexed_images(indexed) if p.stem == name]
+        hits += [(None, p.name) for p in self.unindexed_images(indexed_files(entries)) if p.stem == name]
         if not hits:
             raise UnknownKeyframe(f"no keyframe named '{name}' in store '{self.directory}'")
         if len(hits) > 1:
@@ -307,32 +422,41 @@ class KeyframeStore:
                              "run `roma-keyframes check --repair` to rename duplicates")
         number, image_file = hits[0]
         rest = entries if number is None else entries[:number] + entries[number + 1:]
-        shared = any(isinstance(e, dict) and str(e.get("image")) == image_file for e in rest)
-        path = None if shared else self.own_file(image_file)
-        trashed = None
-        if path is not None and path.is_file():
-            trashed = confined_subdir(self.directory, TRASH_DIR) / image_file
-            trashed.parent.mkdir(parents=True, exist_ok=True)
-            replace_durably(path, trashed)
-        if number is not None:
-            try:
+        still_used = indexed_files(rest)
+        files = [image_file] + ([str(entries[number]["depth"])]
+                                if number is not None and entries[number].get("depth") is not None else [])
+        trashed: list[tuple[Path, Path]] = []  # (own file, its place in .trash/)
+        try:
+            for file in files:
+                path = None if file in still_used else self.own_file(file)
+                if path is not None and path.is_file():
+                    target = confined_subdir(self.directory, TRASH_DIR) / file
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    replace_durably(path, target)
+                    trashed.append((path, target))
+            if number is not None:
                 self.write_index(rest)
-            except BaseException:
-                if trashed is not None:
-                    replace_durably(trashed, path)
-                raise
+        except BaseException:
+            for path, target in trashed:
+                replace_durably(target, path)
+                self._tidy_trash(target)
+            raise
         deleted: list[Path] = []
-        if trashed is not None:
-            trashed.unlink()
+        for path, target in trashed:
+            target.unlink()
             deleted.append(path)
-            with contextlib.suppress(OSError):  # tidy up, but only while empty
-                for folder in list(trashed.relative_to(self.directory).parents)[:-1]:
-                    (self.directory / folder).rmdir()
-        if not shared:
+            self._tidy_trash(target)
+        if image_file not in still_used:
             for cache_file in self.cache_files(image_file):
                 cache_file.unlink(missing_ok=True)
                 deleted.append(cache_file)
         return RemovedKeyframe(name, image_file, None if number is None else entries[number], deleted)
+
+    def _tidy_trash(self, trashed: Path) -> None:
+        """Remove the folders of ``.trash/`` above a file that left it, while they are empty."""
+        with contextlib.suppress(OSError):
+            for folder in list(trashed.relative_to(self.directory).parents)[:-1]:
+                (self.directory / folder).rmdir()
 
     def check(self, repair: bool = False) -> list[str]:
         """Problems of the store, one line each; with ``repair`` each line also says what was

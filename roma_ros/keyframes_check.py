@@ -3,10 +3,12 @@
 Finds what crashes, hand edits and removed images leave behind: temp files of
 interrupted writes, an unreadable keyframes.yaml, images of an interrupted removal
 in ``.trash/``, index entries that are malformed, point at missing or unreadable
-images or carry a bad pose, unreadable image files, duplicate names, and cached
-features of images that are gone. Repair never deletes a user's image: entries are
-dropped or fixed, unreadable images are moved to ``.unreadable/``, a broken index is
-kept as a backup. Repair writes files, so run it while no node adds keyframes.
+images or carry a bad pose, bad intrinsics or a bad depth map (unreadable, wrong size
+or type, no valid pixel), unreadable image files, duplicate names, depth files in
+``depth/`` that no entry names, and cached features of images that are gone. Repair
+never deletes a user's image: entries are dropped or fixed (a bad pose, intrinsics or
+depth is moved to ``invalid_<key>``), unreadable images are moved to ``.unreadable/``,
+a broken index is kept as a backup. Repair writes files, so run it while no node adds keyframes.
 """
 from __future__ import annotations
 
@@ -15,15 +17,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from roma_ros.depth import DepthFileError, valid_fraction
 from roma_ros.imageio import ImageFileError, load_rgb
 from roma_ros.keyframes import (
-    CACHE_DIR, TRASH_DIR, UnsafeFolderError, _parse_pose, cache_file_name, confined_subdir, entry_name,
+    CACHE_DIR, DEPTH_DIR, TRASH_DIR, UnsafeFolderError, _parse_pose, cache_file_name, confined_subdir, entry_name,
+    indexed_files, parse_intrinsics, read_entry_depth,
 )
 
 if TYPE_CHECKING:
     from roma_ros.keyframes import KeyframeStore
 
 UNREADABLE_DIR = ".unreadable"
+MIN_VALID_DEPTH = 0.05  # a depth map with fewer known pixels is reported as nearly empty
+
+
+def set_aside(entry: dict[str, Any], key: str, *more: str) -> dict[str, Any]:
+    """The entry with ``key`` renamed to ``invalid_<key>`` (and ``more`` keys with it), for the user to fix."""
+    moved = (key, *more)
+    return {k: v for k, v in entry.items() if k not in moved} | {f"invalid_{k}": entry[k] for k in moved if k in entry}
 
 
 def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
@@ -52,7 +63,12 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
     except UnsafeFolderError as exc:
         report.append(f"{exc} (its files are left alone)")
         cache_folders = []
-    for folder in [root, *cache_folders]:
+    try:
+        depth_folders = [confined_subdir(root, DEPTH_DIR)]
+    except UnsafeFolderError as exc:
+        report.append(f"{exc} (its files are left alone)")
+        depth_folders = []
+    for folder in [root, *depth_folders, *cache_folders]:
         for tmp in sorted(folder.glob(".*.tmp")):
             found(f"leftover temp file {tmp.relative_to(root)} (an interrupted write)", lambda t=tmp: delete(t))
 
@@ -62,7 +78,7 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
     index_broken = store._index_unreadable
     if index_broken:
         found(store.warnings[0], lambda: "kept as " + store.backup_unreadable_index().name)
-    listed = {str(e["image"]) for e in entries if isinstance(e, dict) and "image" in e}
+    listed = indexed_files(entries)
 
     try:
         trash_files = sorted(p for p in confined_subdir(root, TRASH_DIR).rglob("*") if p.is_file())
@@ -86,18 +102,28 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
             continue
         where += f" '{entry_name(entry)}'"
         try:
-            load_rgb(root / str(entry["image"]))
+            image = load_rgb(root / str(entry["image"]))
         except ImageFileError as exc:
             found(f"{where}: {exc}", lambda: "entry dropped (image file kept)")
             continue
+        for key, parse in (("pose", _parse_pose), ("intrinsics", parse_intrinsics)):
+            try:
+                parse(entry.get(key), where)
+            except ValueError as exc:
+                entry = set_aside(entry, key)
+                found(str(exc), lambda k=key: f"{k} moved to 'invalid_{k}'")
         try:
-            _parse_pose(entry.get("pose"), where)
-        except ValueError as exc:
-            entry = {k: v for k, v in entry.items() if k != "pose"} | {"invalid_pose": entry["pose"]}
-            found(str(exc), lambda: "pose moved to 'invalid_pose'")
+            depth = read_entry_depth(root, entry, image.shape, where)
+        except (DepthFileError, ValueError) as exc:
+            entry = set_aside(entry, "depth", "depth_scale")
+            found(f"{where}: {exc}", lambda: "depth moved to 'invalid_depth'")
+        else:
+            if depth is not None and valid_fraction(depth) < MIN_VALID_DEPTH:
+                found(f"{where}: depth file '{entry['depth']}' has only {valid_fraction(depth):.1%} valid pixels "
+                      "(0 and NaN are unknown): wrong file or wrong depth_scale?", lambda: "kept")
         kept.append(entry)
 
-    indexed = {str(e["image"]) for e in kept} if repair else listed
+    indexed = indexed_files(kept) if repair else listed
     unindexed = []
     for path in store.unindexed_images(indexed):
         try:
@@ -127,6 +153,13 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
         if new_entries != original or index_broken:
             store.write_index(new_entries)
             report.append(f"wrote {store.index_path.name} with {len(new_entries)} entries")
+
+    for folder in depth_folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            depth_file = path.relative_to(root).as_posix()
+            if depth_file not in listed and not index_broken and not path.name.startswith("."):
+                found(f"depth file {depth_file} belongs to no keyframe (an interrupted add or removal)",
+                      lambda p=path: delete(p))
 
     images = {str(e["image"]) for e in entries if isinstance(e, dict) and "image" in e}
     images |= {p.name for p in store.unindexed_images(set())}

@@ -9,8 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from roma_ros.cli_args import add_model_arguments, model_config
-from roma_ros.keyframes import DEFAULT_DIR, Keyframe, KeyframeStore, _parse_pose
+from roma_ros.depth import read_depth_raw, to_metres, valid_fraction
+from roma_ros.keyframes import DEFAULT_DIR, INTRINSICS_KEYS, Keyframe, KeyframeStore, _parse_pose, parse_intrinsics
 
 PROG = "roma-keyframes"
 
@@ -30,7 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("images", nargs="+", metavar="IMAGE")
     add.add_argument("--name", help="keyframe name (one image only; default: the file's stem)")
     add.add_argument("--pose", nargs=7, type=float, metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
-                     help="pose in the map frame (one image only)")
+                     help="pose of the camera's optical frame (x right, y down, z forward) in the map frame "
+                          "(one image only)")
+    add.add_argument("--intrinsics", nargs=4, type=float, metavar=("FX", "FY", "CX", "CY"),
+                     help="pinhole intrinsics in pixels, OpenCV/ROS convention (pixel centres at integers; "
+                          "as CameraInfo K)")
+    add.add_argument("--depth", metavar="FILE",
+                     help="depth map registered to the image, same size: 16-bit PNG (mm), float TIFF or .npy (m)")
+    add.add_argument("--depth-scale", type=float, metavar="S",
+                     help="metres per stored depth unit (default: 0.001 for 16-bit, 1.0 for float)")
 
     sub.add_parser("list", parents=[common], help="table of the keyframes in load order")
     remove = sub.add_parser("remove", parents=[common], help="delete a keyframe, its image and cached features")
@@ -63,20 +74,40 @@ def warn(lines: list[str]) -> None:
 def cmd_add(args: argparse.Namespace) -> int:
     from roma_ros.imageio import load_rgb
 
-    if len(args.images) > 1 and (args.name or args.pose):
-        raise CommandError("--name and --pose go with a single IMAGE")
+    if len(args.images) > 1 and (args.name or args.pose or args.depth or args.intrinsics):
+        raise CommandError("--name, --pose, --intrinsics and --depth go with a single IMAGE")
+    if args.depth_scale is not None and not args.depth:
+        raise CommandError("--depth-scale needs --depth")
     pose = None
     if args.pose:
         pose = _parse_pose({"position": args.pose[:3], "orientation": args.pose[3:]}, "--pose")
+    intrinsics = parse_intrinsics(dict(zip(INTRINSICS_KEYS, args.intrinsics)), "--intrinsics") if args.intrinsics else None
     images = [(path, load_rgb(path)) for path in args.images]  # all readable before any is added
+    depth = read_depth(args.depth, args.depth_scale, images[0][1].shape) if args.depth else None
     store = KeyframeStore(args.dir)
     keyframes = store.load() if store.directory.is_dir() else []
     warn(store.warnings)
     for path, rgb in images:
-        keyframe = store.add(rgb, keyframes, name=args.name or Path(path).stem, pose=pose)
+        keyframe = store.add(rgb, keyframes, name=args.name or Path(path).stem, pose=pose, intrinsics=intrinsics,
+                             depth=depth, depth_scale=args.depth_scale)
         keyframes.append(keyframe)
         print(f"added '{keyframe.name}' (index {len(keyframes) - 1}) as {store.directory / keyframe.image_file}")
+        if keyframe.depth is not None:
+            print(f"  depth {store.directory / keyframe.depth_file}: {valid_fraction(keyframe.depth):.0%} valid, "
+                  f"{np.nanmin(keyframe.depth):.3g} to {np.nanmax(keyframe.depth):.3g} m"
+                  if np.isfinite(keyframe.depth).any() else "  depth: no valid pixel")
     return 0
+
+
+def read_depth(path: str, scale: float | None, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The depth file as ``KeyframeStore.add`` takes it: 16-bit kept in its units (stored
+    losslessly with its scale), anything else in metres; its size must be the image's."""
+    raw = read_depth_raw(path)
+    metres = to_metres(raw, scale, source=f"depth file '{path}'")  # validates type and scale
+    if metres.shape != tuple(image_shape[:2]):
+        raise CommandError(f"depth file '{path}' is {metres.shape[1]}x{metres.shape[0]} but the image is "
+                           f"{image_shape[1]}x{image_shape[0]}: depth must be registered to the image")
+    return raw if raw.dtype == np.uint16 else metres
 
 
 def format_pose(keyframe: Keyframe) -> str:
@@ -86,6 +117,19 @@ def format_pose(keyframe: Keyframe) -> str:
     return " ".join(f"{v:g}" for v in position) + " | " + " ".join(f"{v:g}" for v in orientation)
 
 
+def format_depth(keyframe: Keyframe) -> str:
+    if keyframe.depth is None:
+        return "-"
+    return f"{keyframe.depth_file} ({valid_fraction(keyframe.depth):.0%} valid)"
+
+
+def format_intrinsics(keyframe: Keyframe) -> str:
+    if not keyframe.intrinsics:
+        return "-"
+    text = " ".join(f"{keyframe.intrinsics[key]:g}" for key in INTRINSICS_KEYS)
+    return text + (" +distortion" if keyframe.intrinsics.get("distortion") else "")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     store = existing_store(args.dir)
     keyframes = store.load()
@@ -93,9 +137,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not keyframes:
         print(f"no keyframes in {store.directory}")
         return 0
-    rows = [("index", "name", "image", "size", "pose (x y z | qx qy qz qw)", "added")]
-    rows += [(str(i), k.name, k.image_file, f"{k.image.shape[1]}x{k.image.shape[0]}", format_pose(k), k.added or "-")
-             for i, k in enumerate(keyframes)]
+    rows = [("index", "name", "image", "size", "pose (x y z | qx qy qz qw)", "added", "depth", "intrinsics")]
+    rows += [(str(i), k.name, k.image_file, f"{k.image.shape[1]}x{k.image.shape[0]}", format_pose(k), k.added or "-",
+              format_depth(k), format_intrinsics(k)) for i, k in enumerate(keyframes)]
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -5,6 +5,12 @@ thread converts, matches, verifies and publishes, and counts the frames it had t
 skip. Model loading happens in that worker too, so /diagnostics reports "loading"
 or a weights error while the executor keeps running. Frame accounting, the log
 throttle and the health level live in health.py.
+
+Metric pose: the latest ``camera_info`` (else the ``query_intrinsics`` parameter) is the
+query camera; an accepted keyframe with depth, intrinsics and a map pose gives ``~/pose``
+(and ``/initialpose`` when enabled) once the pose gates pass, never a placeholder. The
+``depth`` and ``keyframe_pose`` topics are only buffered (a few recent messages) for
+``~/add_keyframe``, which stores them with the image in one index update.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseArray
+from geometry_msgs.msg import PoseArray, PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -25,25 +31,31 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from roma_ros import params as P
 from roma_ros.conversions import (
-    FRAME_FAULTS, MIN_IMAGE_SIDE, ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, match_markers,
-    matches_to_pointcloud2, poses_to_pose_array, rgb_to_image_msg,
+    FRAME_FAULTS, MIN_IMAGE_SIDE, CameraInfoError, ImageConversionError, camera_info_intrinsics,
+    camera_info_to_camera, compressed_msg_to_rgb, depth_msg_to_array, floor_initialpose_covariance,
+    image_msg_to_rgb, match_markers, matches_to_pointcloud2, msg_to_pose, pose_with_covariance_msg,
+    poses_to_pose_array, rgb_to_image_msg,
 )
+from roma_ros.depth import valid_fraction
 from roma_ros.feature_cache import cache_for
 from roma_ros.health import FrameAccounting, Level, LogThrottle, Outcome, SequenceGaps
 from roma_ros.keyframes import KeyframeStore
 from roma_ros.matching.base import Matcher, build_matcher
 from roma_ros.pipeline import QueryResult, Relocalizer
+from roma_ros.pose import CameraModel, map_pose
+from roma_ros.sync import StampBuffer
 from roma_ros.visualize import draw_matches
 
 LOG_THROTTLE_S = 10.0
-LOG_CAUSES = ("model", "keyframes", "processing", *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
+LOG_CAUSES = ("model", "keyframes", "processing", "camera_info", "keyframe_pose",
+              *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
 
 try:  # Iron and newer: a two-argument callback also gets the MessageInfo (Humble has none)
     from rclpy.subscription import MessageInfo  # noqa: F401
@@ -52,6 +64,10 @@ except ImportError:
     HAS_MESSAGE_INFO = False
 
 EXIT_BAD_PARAMETER = 2  # a start-up parameter its rules do not allow: `ros2 launch` reports the exit
+# Recent depth frames / keyframe poses kept for ~/add_keyframe: ~1 s of a 30 Hz depth camera
+# (18 MB of 640x480 16UC1, 37 MB of 32FC1), a few seconds of a SLAM pose stream.
+DEPTH_BUFFER = 30
+POSE_BUFFER = 200
 
 
 class MatchNode(Node):
@@ -82,6 +98,14 @@ class MatchNode(Node):
         self._pending: Image | CompressedImage | None = None
         self._wake = threading.Condition()
         self._stop = threading.Event()
+        self._latest_header: Header | None = None
+        self._camera_info: tuple[CameraInfo, CameraModel | None, str] | None = None  # msg, camera, error
+        self._depth_frames: StampBuffer[Image] = StampBuffer(DEPTH_BUFFER)
+        self._keyframe_poses: StampBuffer[tuple] = StampBuffer(POSE_BUFFER)
+        self.pose_status = {"pose_result": "", "pose_inliers": "", "reprojection_rmse_px": "",
+                            "position_std_m": "", "poses_published": "0"}
+        self._poses_published = 0
+        self._pub_initialpose = None  # created when publish_initialpose is first on (AMCL sees no idle publisher)
 
         self.pub_matches = self.create_publisher(PointCloud2, "~/matches", 10)
         self.pub_debug = self.create_publisher(Image, "~/debug_image", 1)
@@ -90,8 +114,11 @@ class MatchNode(Node):
         self.pub_keyframes = self.create_publisher(PoseArray, "~/keyframes", latched)
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
+        self._initialpose_publisher()
 
         self._create_image_subscription()
+        self._create_pose_input_subscriptions()
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/add_keyframe", self._on_add_keyframe, callback_group=services)
         self.create_service(Trigger, "~/reload_keyframes", self._on_reload_keyframes, callback_group=services)
@@ -125,12 +152,21 @@ class MatchNode(Node):
                     continue
                 values[change.name] = P.check_value(change.name, change.value)
             decision = P.decision_config(values)
+            pose_config = P.pose_config(values)
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.values = values
         if self.relocalizer is not None:
             self.relocalizer.set_decision(decision)
+            self.relocalizer.set_pose_config(pose_config)
+        self._initialpose_publisher()  # before the first pose, so subscribers have matched by then
         return SetParametersResult(successful=True)
+
+    def _initialpose_publisher(self):
+        """The /initialpose publisher while publish_initialpose is on (created once, when first on)."""
+        if self.values["publish_initialpose"] and self._pub_initialpose is None:
+            self._pub_initialpose = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", 10)
+        return self._pub_initialpose if self.values["publish_initialpose"] else None
 
     # ------------------------------------------------------------------ input
     def _create_image_subscription(self) -> None:
@@ -151,6 +187,43 @@ class MatchNode(Node):
         publisher = bytes(gid["data"]) if isinstance(gid, dict) and "data" in gid else None
         self.transport_gaps.observe(info.get("publication_sequence_number"), publisher)
         self._on_image(msg)
+
+    def _create_pose_input_subscriptions(self) -> None:
+        """camera_info (query intrinsics) with the image's reliability; depth and keyframe_pose,
+        only buffered for ~/add_keyframe (best effort matches any publisher)."""
+        reliable = self.values["image_qos"] == "reliable"
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+        self.create_subscription(Image, "depth", self._on_depth, QoSProfile(
+            depth=5, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT))
+        with_covariance = self.values["keyframe_pose_type"] == "pose_with_covariance_stamped"
+        self.create_subscription(PoseWithCovarianceStamped if with_covariance else PoseStamped, "keyframe_pose",
+                                 self._on_keyframe_pose,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            camera, error = camera_info_to_camera(msg), ""
+        except CameraInfoError as exc:
+            camera, error = None, str(exc)
+            self._record_error("camera_info", f"ignoring camera_info: {exc}")
+        self._camera_info = (msg, camera, error)
+
+    def _on_depth(self, msg: Image) -> None:
+        self._depth_frames.add(msg.header.stamp, msg)
+
+    def _on_keyframe_pose(self, msg: PoseStamped | PoseWithCovarianceStamped) -> None:
+        frame = msg.header.frame_id
+        if frame and frame != self.values["frame_id"]:
+            self._record_error("keyframe_pose", f"ignoring keyframe_pose in frame '{frame}': keyframe poses "
+                               f"must be in frame_id '{self.values['frame_id']}'")
+            return
+        try:
+            pose = msg_to_pose(msg.pose.pose if isinstance(msg, PoseWithCovarianceStamped) else msg.pose)
+        except ValueError as exc:
+            self._record_error("keyframe_pose", f"ignoring keyframe_pose: {exc}")
+            return
+        self._keyframe_poses.add(msg.header.stamp, pose)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         with self._wake:
@@ -186,7 +259,7 @@ class MatchNode(Node):
             config = P.matcher_config(self.values)
             self.get_logger().info(f"loading {config.model} on {config.device} ...")
             matcher = self._injected_matcher or build_matcher(config)
-            self.relocalizer = Relocalizer(matcher, P.decision_config(self.values))
+            self.relocalizer = Relocalizer(matcher, P.decision_config(self.values), P.pose_config(self.values))
             if self.values["warmup"] and config.model != "classical":
                 dummy = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
                 matcher.match(dummy, dummy)
@@ -245,8 +318,11 @@ class MatchNode(Node):
         if rgb is None:
             return Outcome.BAD
         assert self.relocalizer is not None  # the worker handles frames only once loaded
-        self._latest_rgb = rgb
-        result = self.relocalizer.process(rgb)
+        self._latest_header, self._latest_rgb = msg.header, rgb
+        camera, camera_problem = self._query_camera(rgb)
+        result = self.relocalizer.process(rgb, camera)
+        if result.pose is not None and camera is None:
+            result.pose.reason = camera_problem
         latency = time.perf_counter() - start
         self._publish_result(msg.header, rgb, result, latency)
         self.latencies.append(latency)
@@ -254,7 +330,54 @@ class MatchNode(Node):
         self.accepted += int(result.accepted)
         return Outcome.PROCESSED
 
+    def _query_camera(self, rgb: np.ndarray) -> tuple[CameraModel | None, str]:
+        """The latest camera_info (its size must be the image's), else query_intrinsics; or why none."""
+        if self._camera_info is not None:
+            msg, camera, error = self._camera_info
+            if error:
+                return None, error
+            if (msg.width, msg.height) != (rgb.shape[1], rgb.shape[0]) and msg.width and msg.height:
+                return None, (f"camera_info is {msg.width}x{msg.height} but the image is "
+                              f"{rgb.shape[1]}x{rgb.shape[0]}")
+            return camera, ""
+        camera = P.query_camera(self.values)
+        return camera, "" if camera else "no query intrinsics: no camera_info received and query_intrinsics is empty"
+
     # ------------------------------------------------------------------ output
+    def _publish_pose(self, header: Header, result: QueryResult) -> tuple | None:
+        """Publish ~/pose (and /initialpose) when accepted and the gates pass; record the outcome
+        for diagnostics either way. Returns the published pose, else None."""
+        estimate = result.pose
+        status = {"pose_result": "no match" if not result.accepted else "", "pose_inliers": "",
+                  "reprojection_rmse_px": "", "position_std_m": ""}
+        published = None
+        if estimate is not None:
+            status["pose_inliers"] = str(estimate.inliers) if estimate.method == "pnp" else ""
+            status["reprojection_rmse_px"] = f"{estimate.rmse_px:.3f}" if estimate.rmse_px is not None else ""
+            keyframe = result.keyframes[result.best.index]
+            if not estimate.ok:
+                status["pose_result"] = estimate.reason or "no pose"
+            elif keyframe.pose is None:
+                status["pose_result"] = f"keyframe '{keyframe.name}' has no map pose"
+            else:
+                try:
+                    published = map_pose(keyframe.pose, estimate, P.camera_to_base(self.values))
+                except ValueError as exc:
+                    status["pose_result"] = str(exc)
+        if published is not None:
+            pose, covariance = published
+            std = float(np.sqrt(max(0.0, float(np.trace(covariance[:3, :3])))))
+            status["pose_result"], status["position_std_m"] = "ok", f"{std:.4f}" if np.isfinite(std) else ""
+            out_header = Header(stamp=header.stamp, frame_id=self.values["frame_id"])
+            self.pub_pose.publish(pose_with_covariance_msg(out_header, pose, covariance))
+            initialpose = self._initialpose_publisher()
+            if initialpose is not None:
+                initialpose.publish(pose_with_covariance_msg(out_header, pose, floor_initialpose_covariance(covariance)))
+            self._poses_published += 1
+        status["poses_published"] = str(self._poses_published)
+        self.pose_status = status
+        return published[0] if published is not None else None
+
     def _publish_result(self, header: Header, rgb: np.ndarray, result: QueryResult, latency: float) -> None:
         best, keyframes = result.best, result.keyframes
         if result.accepted and best is not None:
@@ -269,12 +392,24 @@ class MatchNode(Node):
             name = keyframes[best.index].name if best is not None else ""
             summary = f"no match ({result.reason}), {latency * 1000:.0f} ms"
         self.last_result = summary
+        query_pose = self._publish_pose(header, result)  # before the cloud: its status is set when the cloud lands
         self.pub_matches.publish(cloud)
         pose = keyframes[best.index].pose if best is not None else None
         self.pub_markers.publish(match_markers(self.values["frame_id"], header.stamp, name, pose,
-                                               result.accepted, summary))
+                                               result.accepted, summary, query_pose,
+                                               optical=not self.values["camera_to_base"]))
         if self.values["debug.publish_image"] and self.pub_debug.get_subscription_count() > 0:
-            self.pub_debug.publish(rgb_to_image_msg(self._debug_image(rgb, result, summary), header))
+            banner = f"{summary} | {self._pose_text()}" if result.accepted else summary
+            self.pub_debug.publish(rgb_to_image_msg(self._debug_image(rgb, result, banner), header))
+
+    def _pose_text(self) -> str:
+        """Short pose outcome for the debug image banner (diagnostics carry the details)."""
+        status = self.pose_status
+        if status["pose_result"] != "ok":
+            return f"no pose: {status['pose_result']}"
+        std, rmse = status["position_std_m"], status["reprojection_rmse_px"]
+        return ("pose ok" + (f", sd {100 * float(std):.1f} cm" if std else "")
+                + (f", {float(rmse):.2f} px" if rmse else ""))
 
     def _debug_image(self, rgb: np.ndarray, result: QueryResult, summary: str) -> np.ndarray:
         best = result.best
@@ -323,12 +458,20 @@ class MatchNode(Node):
             "dropped_frames": str(counts["replaced"]),  # deprecated alias of replaced
             "last_result": self.last_result,
             "last_error": self.last_error,
+            **self.pose_status,
+            "pose_frame": self.values["base_frame"] if self.values["camera_to_base"] else "camera optical frame",
+            "query_intrinsics": self._intrinsics_source(),
         }
         message = f"{self.state}; {health_text}" if health_text else self.state
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: relocalization",
                                   message=message, hardware_id=values["device"],
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+
+    def _intrinsics_source(self) -> str:
+        if self._camera_info is not None:
+            return f"camera_info ({self._camera_info[2]})" if self._camera_info[2] else "camera_info"
+        return "query_intrinsics parameter" if self.values["query_intrinsics"] else "none"
 
     def _record_error(self, cause: str, message: str) -> None:
         """Remember the full message for diagnostics; log it at most once per cause (one of
@@ -345,15 +488,16 @@ class MatchNode(Node):
 
     # ------------------------------------------------------------------ services
     def _on_add_keyframe(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        rgb = self._latest_rgb
+        rgb, header = self._latest_rgb, self._latest_header
         if self.relocalizer is None:
             response.success, response.message = False, self._not_ready()
         elif rgb is None:
             response.success, response.message = False, "no query image received yet: publish on `image` first"
         else:
+            inputs, stored, missing = self._keyframe_inputs(rgb, header)
             try:
-                keyframe = self.store.add(rgb, self.relocalizer.keyframes)
-            except OSError as exc:
+                keyframe = self.store.add(rgb, self.relocalizer.keyframes, **inputs)
+            except (OSError, ValueError) as exc:
                 response.success, response.message = False, f"could not write to {self.store.directory}: {exc}"
                 return response
             index = self.relocalizer.add_keyframe(keyframe)
@@ -361,8 +505,54 @@ class MatchNode(Node):
             self._publish_keyframes()
             response.success = True
             response.message = f"added keyframe '{keyframe.name}' (index {index}) as {self.store.directory / keyframe.image_file}"
+            if keyframe.depth is not None:
+                stored = [f"depth ({keyframe.depth_file}, {valid_fraction(keyframe.depth):.0%} valid)"
+                          if s == "depth" else s for s in stored]
+            response.message += f"; stored: {', '.join(stored) or 'image only'}"
+            response.message += f"; missing: {'; '.join(missing)}" if missing else ""
             self.get_logger().info(response.message)
         return response
+
+    def _keyframe_inputs(self, rgb: np.ndarray, header: Header) -> tuple[dict[str, Any], list[str], list[str]]:
+        """What ~/add_keyframe stores with the image: intrinsics (camera_info, else query_intrinsics),
+        the depth frame and the keyframe pose nearest the image stamp within sync_tolerance.
+        Returns (KeyframeStore.add keyword arguments, what was found, what is missing and why)."""
+        inputs: dict[str, Any] = {}
+        stored: list[str] = []
+        missing: list[str] = []
+        tolerance = float(self.values["sync_tolerance"])
+        camera, problem = self._query_camera(rgb)
+        if camera is None:
+            missing.append(f"intrinsics ({problem})")
+        elif self._camera_info is not None:
+            inputs["intrinsics"] = camera_info_intrinsics(self._camera_info[0])
+            stored.append("intrinsics (camera_info)")
+        else:
+            inputs["intrinsics"] = dict(zip(("fx", "fy", "cx", "cy"), map(float, self.values["query_intrinsics"])))
+            stored.append("intrinsics (query_intrinsics)")
+        found = self._depth_frames.nearest(header.stamp, tolerance)
+        if found.item is None:
+            missing.append(f"depth ({found.why_missing('depth frame', tolerance)})")
+        else:
+            try:
+                depth = depth_msg_to_array(found.item)
+            except ImageConversionError as exc:
+                depth, reason = None, str(exc)
+            else:
+                reason = (f"the depth frame is {depth.shape[1]}x{depth.shape[0]} but the image is "
+                          f"{rgb.shape[1]}x{rgb.shape[0]}: publish depth registered to the colour image")
+            if depth is not None and depth.shape == rgb.shape[:2]:
+                inputs["depth"] = depth
+                stored.append("depth")
+            else:
+                missing.append(f"depth ({reason})")
+        found = self._keyframe_poses.nearest(header.stamp, tolerance)
+        if found.item is None:
+            missing.append(f"pose ({found.why_missing('keyframe_pose', tolerance)})")
+        else:
+            inputs["pose"] = found.item
+            stored.append("pose (keyframe_pose)")
+        return inputs, stored, missing
 
     def _on_reload_keyframes(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self.relocalizer is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,13 @@ from typing import Any
 from roma_ros.keyframes import DEFAULT_DIR
 from roma_ros.matching.base import MODEL_NAMES, MatcherConfig
 from roma_ros.pipeline import DecisionConfig
+from roma_ros.pose import MIN_PNP_POINTS, CameraModel, PoseConfig
 
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_POSE = PoseConfig()  # the pose gates' defaults (pose.py, calibrated by bench/pose.py)
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+              list: "a list of numbers"}
+FRAME_PATTERN, FRAME_TEXT = r"[^/\s]\S*", "a frame name: not empty, no spaces, no leading '/'"
 
 
 class ParameterError(ValueError):
@@ -45,6 +51,9 @@ class ParamSpec:
     pattern: str = ""  # strings: a regular expression the whole value must match ...
     pattern_text: str = ""  # ... and what it allows, in words
     model_defaults: dict[str, Any] = field(default_factory=dict)  # model -> default for that model
+    # A rule the fields above cannot say (e.g. 4 intrinsics with positive focal lengths): raises
+    # ValueError saying what is wrong.
+    check: Callable[[Any], Any] | None = None
 
     @property
     def kind(self) -> type:
@@ -107,6 +116,8 @@ def _number(value: float) -> str:
 def _has_type(value: Any, kind: type) -> bool:
     if kind is float:
         return type(value) in (int, float)  # bool is an int subclass, but never a number here
+    if kind is list:  # an empty list in a params file reaches the node as "not set" (None)
+        return value is None or (isinstance(value, (list, tuple)) and all(_has_type(v, float) for v in value))
     return type(value) is kind
 
 
@@ -138,8 +149,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "~65 MB per keyframe at 560, ~210 MB with upsample 864)"),
     ParamSpec("warmup", True, "run one match at start-up so the first query is not slow"),
     ParamSpec("keyframes_dir", "", "keyframe folder (images + optional keyframes.yaml); empty: ~/.ros/roma_ros/keyframes"),
-    ParamSpec("frame_id", "map", "frame of keyframe poses, the ~/keyframes PoseArray and ~/markers",
-              pattern=r"[^/\s]\S*", pattern_text="a frame name: not empty, no spaces, no leading '/'"),
+    ParamSpec("frame_id", "map", "frame of keyframe poses, the ~/keyframes PoseArray, ~/markers, ~/pose and "
+              "/initialpose", pattern=FRAME_PATTERN, pattern_text=FRAME_TEXT),
     ParamSpec("image_transport", "raw", "raw subscribes `image` (sensor_msgs/Image); compressed subscribes "
               "`image/compressed` (sensor_msgs/CompressedImage)", choices=("raw", "compressed")),
     ParamSpec("image_qos", "sensor_data", "sensor_data (best effort, depth 1) or reliable (depth 1)",
@@ -158,6 +169,33 @@ PARAMS: tuple[ParamSpec, ...] = (
               "least this; 0 = off", live=True, minimum=0.0, maximum=1.0),
     ParamSpec("top_k", 5, "keyframes verified per query, chosen by DINOv2 global-descriptor similarity; "
               "0 = all (models without descriptors always use all)", live=True, minimum=0),
+    ParamSpec("pose.min_inliers", _POSE.min_inliers, "publish a pose only with at least this many PnP inliers",
+              live=True, minimum=MIN_PNP_POINTS),
+    ParamSpec("pose.reprojection_threshold", _POSE.reprojection_threshold,
+              "PnP RANSAC inlier threshold in pixels of the query image", live=True, above=0.0),
+    ParamSpec("pose.max_rmse", _POSE.max_rmse, "publish a pose only when the PnP inliers' reprojection RMSE "
+              "(px) is at most this", live=True, above=0.0),
+    ParamSpec("pose.min_inlier_ratio", _POSE.min_inlier_ratio, "publish a pose only when at least this share "
+              "of the 2D-3D points are PnP inliers", live=True, minimum=0.0, maximum=1.0),
+    ParamSpec("pose.min_depth", _POSE.min_depth, "keyframe depth below this (m) is not used for the pose",
+              live=True, minimum=0.0),
+    ParamSpec("pose.max_depth", _POSE.max_depth, "keyframe depth above this (m) is not used for the pose "
+              "(must exceed pose.min_depth)", live=True, above=0.0),
+    ParamSpec("query_intrinsics", [], "[fx, fy, cx, cy] of the query camera in pixels (OpenCV/ROS convention, "
+              "as CameraInfo K), used while no camera_info has arrived; empty = none", live=True,
+              check=lambda value: query_camera({"query_intrinsics": value})),
+    ParamSpec("camera_to_base", [], "[x, y, z, qx, qy, qz, qw]: pose of the camera optical frame in base_frame "
+              "(the static tf base_frame -> camera optical frame); set: ~/pose is base_frame's pose; "
+              "empty: ~/pose is the camera optical frame's pose", live=True,
+              check=lambda value: camera_to_base({"camera_to_base": value})),
+    ParamSpec("base_frame", "base_link", "name of the frame camera_to_base refers to (reported in diagnostics)",
+              live=True, pattern=FRAME_PATTERN, pattern_text=FRAME_TEXT),
+    ParamSpec("publish_initialpose", False, "also publish each pose on /initialpose (remappable) for AMCL / "
+              "nav2, covariance floored at RViz's 2D Pose Estimate values", live=True),
+    ParamSpec("keyframe_pose_type", "pose_stamped", "message type of the keyframe_pose topic",
+              choices=("pose_stamped", "pose_with_covariance_stamped")),
+    ParamSpec("sync_tolerance", 0.05, "~/add_keyframe stores the depth frame and keyframe_pose whose stamps lie "
+              "within this many seconds of the image's", live=True, minimum=0.0, maximum=10.0),
     ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True, minimum=-1),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (wall clock)",
@@ -176,17 +214,25 @@ def check_value(name: str, value: Any) -> Any:
     problem = spec.problem(value)
     if problem is not None:
         raise ParameterError(f"{name}={value!r} is not allowed: expected {problem}")
+    if spec.kind is list:
+        value = [float(v) for v in value or ()]
+    if spec.check is not None:
+        try:
+            spec.check(value)
+        except ValueError as exc:
+            raise ParameterError(f"{name}={value!r} is not allowed: {exc}") from None
     return float(value) if spec.kind is float else value
 
 
 def check_startup(values: dict[str, Any]) -> dict[str, Any]:
     """Every start-up value checked against its rules, then the rules between parameters
-    (upsample_res >= coarse_res, ...); returns the values as the node keeps them. Raises
-    ParameterError for the first bad value."""
+    (upsample_res >= coarse_res, pose.max_depth > pose.min_depth, ...); returns the values as
+    the node keeps them. Raises ParameterError for the first bad value."""
     checked = {name: check_value(name, value) for name, value in values.items()}
     try:
         matcher_config(checked)
         decision_config(checked)
+        pose_config(checked)
     except ValueError as exc:
         raise ParameterError(str(exc)) from None
     return checked
@@ -213,6 +259,48 @@ def decision_config(values: dict[str, Any]) -> DecisionConfig:
     )
     config.validate()
     return config
+
+
+def pose_config(values: dict[str, Any]) -> PoseConfig:
+    config = PoseConfig(
+        min_inliers=int(values["pose.min_inliers"]),
+        reprojection_threshold=float(values["pose.reprojection_threshold"]),
+        max_rmse=float(values["pose.max_rmse"]), min_inlier_ratio=float(values["pose.min_inlier_ratio"]),
+        min_depth=float(values["pose.min_depth"]), max_depth=float(values["pose.max_depth"]),
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise ValueError(f"pose.{exc}") from None
+    return config
+
+
+def query_camera(values: dict[str, Any]) -> CameraModel | None:
+    """The ``query_intrinsics`` fallback camera; None when empty."""
+    raw = list(values["query_intrinsics"] or [])
+    if not raw:
+        return None
+    if len(raw) != 4:
+        raise ValueError(f"query_intrinsics needs 4 values [fx, fy, cx, cy] (or none), got {len(raw)}")
+    camera = CameraModel.from_ros(*raw)
+    try:
+        camera.validate()
+    except ValueError as exc:
+        raise ValueError(f"query_intrinsics: {exc}") from None
+    return camera
+
+
+def camera_to_base(values: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``camera_to_base`` as ((x, y, z), (qx, qy, qz, qw)) with a unit quaternion; None when empty."""
+    raw = [float(v) for v in values["camera_to_base"] or []]
+    if not raw:
+        return None
+    if len(raw) != 7 or not all(math.isfinite(v) for v in raw):
+        raise ValueError(f"camera_to_base needs 7 finite values [x, y, z, qx, qy, qz, qw] (or none), got {raw}")
+    norm = math.sqrt(sum(v * v for v in raw[3:]))
+    if abs(norm - 1.0) > 1e-3:
+        raise ValueError(f"camera_to_base quaternion {raw[3:]} has norm {norm:.4f}, not 1")
+    return tuple(raw[:3]), tuple(v / norm for v in raw[3:])
 
 
 def keyframes_dir(values: dict[str, Any]) -> Path:

@@ -1,4 +1,5 @@
-"""One query in, one decision out: match against keyframes, verify, pick the best.
+"""One query in, one decision out: match against keyframes, verify, pick the best, and
+(when the best keyframe has depth and intrinsics and the query camera is known) its pose.
 
 No ROS here: the node feeds RGB arrays in and turns QueryResult into messages, and
 tests and benchmarks drive the same code directly.
@@ -18,6 +19,7 @@ from roma_ros.feature_cache import FeatureCache
 from roma_ros.geometry import Verification, check_ransac_config, verify_fundamental
 from roma_ros.keyframes import Keyframe
 from roma_ros.matching.base import Matcher, Matches
+from roma_ros.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
 
 
 @dataclass
@@ -83,6 +85,9 @@ class QueryResult:
     timings: dict[str, float] = field(default_factory=dict)
     # The keyframe list the indices refer to (a reload may replace the store's list meanwhile).
     keyframes: list[Keyframe] = field(default_factory=list)
+    # The query camera relative to the best keyframe's camera; None when not accepted. When
+    # accepted it always says why there is no metric pose (``reason``) or holds one (``ok``).
+    pose: PoseEstimate | None = None
 
     @property
     def latency(self) -> float:
@@ -96,10 +101,13 @@ class Relocalizer:
     keyframes.
     """
 
-    def __init__(self, matcher: Matcher, decision: DecisionConfig | None = None) -> None:
+    def __init__(self, matcher: Matcher, decision: DecisionConfig | None = None,
+                 pose_config: PoseConfig | None = None) -> None:
         self.matcher = matcher
         self.decision = decision or DecisionConfig()
         self.decision.validate()
+        self.pose_config = pose_config or PoseConfig()
+        self.pose_config.validate()
         self.keyframes: list[Keyframe] = []
         self._prepared: list[Any] = []
         self.cache: FeatureCache | None = None
@@ -147,10 +155,16 @@ class Relocalizer:
         decision.validate()
         self.decision = decision
 
-    def process(self, query: np.ndarray) -> QueryResult:
+    def set_pose_config(self, config: PoseConfig) -> None:
+        config.validate()
+        self.pose_config = config
+
+    def process(self, query: np.ndarray, query_camera: CameraModel | None = None) -> QueryResult:
+        """Match ``query`` (RGB) against the keyframes; ``query_camera`` (its intrinsics) enables
+        the metric pose against an accepted keyframe with depth and intrinsics."""
         with self._lock:
             keyframes, prepared, decision = list(self.keyframes), list(self._prepared), self.decision
-            descriptors = self._descriptors_matrix
+            descriptors, pose_config = self._descriptors_matrix, self.pose_config
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
@@ -176,7 +190,35 @@ class Relocalizer:
             why = f"no keyframe verified ({len(candidates)} tried; '{keyframes[best.index].name}': {why})"
         elif why:
             why = f"best keyframe '{keyframes[best.index].name}': {why}"
-        return QueryResult(candidates, best, not why, why, timings, keyframes)
+        result = QueryResult(candidates, best, not why, why, timings, keyframes)
+        if result.accepted:
+            start = time.perf_counter()
+            result.pose = relative_pose(best, keyframes[best.index], query_camera, pose_config)
+            timings["pose"] = time.perf_counter() - start
+        return result
+
+
+def keyframe_camera(keyframe: Keyframe) -> CameraModel | None:
+    """The keyframe's intrinsics (OpenCV/ROS convention in keyframes.yaml) in our pixel frame."""
+    if not keyframe.intrinsics:
+        return None
+    k = keyframe.intrinsics
+    return CameraModel.from_ros(k["fx"], k["fy"], k["cx"], k["cy"], k.get("distortion", ()))
+
+
+def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: CameraModel | None,
+                  config: PoseConfig) -> PoseEstimate:
+    """PnP on the accepted candidate's F-inliers; a reason instead where an input is missing
+    (no essential-matrix fallback here: the node publishes metric poses only)."""
+    missing = [what for what, absent in (("query camera intrinsics (camera_info)", query_camera is None),
+                                         (f"depth for keyframe '{keyframe.name}'", keyframe.depth is None),
+                                         (f"intrinsics for keyframe '{keyframe.name}'", not keyframe.intrinsics))
+               if absent]
+    if missing:
+        return PoseEstimate(False, "no " + ", no ".join(missing), "none", False, None, None)
+    inl = best.verification.inlier_mask
+    return estimate_pose(best.matches.kpts_query[inl], best.matches.kpts_candidate[inl], keyframe.depth,
+                         keyframe_camera(keyframe), query_camera, config)
 
 
 def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Verification]:

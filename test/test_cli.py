@@ -105,3 +105,111 @@ def test_missing_weights_message_from_the_command(pair_files, tmp_path):
     assert proc.returncode == 2
     assert "roma_outdoor.pth" in proc.stderr and "dinov2_vitl14_pretrain.pth" in proc.stderr
     assert "nope.pth" in proc.stderr
+
+
+# --- pose ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def posed_pair(tmp_path_factory):
+    """A rendered keyframe with exact depth (16-bit PNG in mm and .npy in m) and a query view."""
+    from roma_ros import synthetic_scene as ss
+    from roma_ros.depth import save_depth
+
+    folder = tmp_path_factory.mktemp("posed")
+    keyframes, queries = ss.relocalization_set(seed=1, n_queries=1)
+    query, keyframe = queries[0], keyframes[queries[0].keyframe]
+    files = {name: folder / name for name in ("query.png", "keyframe.png", "depth.png", "depth.npy", "small.npy")}
+    save_rgb(files["query.png"], query.rgb)
+    save_rgb(files["keyframe.png"], keyframe.rgb)
+    save_depth(files["depth.png"], keyframe.depth)
+    np.save(files["depth.npy"], keyframe.depth)
+    np.save(files["small.npy"], keyframe.depth[:100, :100])
+    intrinsics = {"query": ",".join(map(str, query.camera.to_ros())),
+                  "keyframe": ",".join(map(str, keyframe.camera.to_ros()))}
+    return files, intrinsics, ss.relative_pose(keyframe, query)
+
+
+def pose_args(files, intrinsics, *extra):
+    return (str(files["query.png"]), str(files["keyframe.png"]), "--model", "classical", "--threshold", "1.0",
+            "--query-intrinsics", intrinsics["query"], "--keyframe-intrinsics", intrinsics["keyframe"], *extra)
+
+
+@pytest.mark.parametrize("depth_file", ["depth.png", "depth.npy"])
+def test_metric_pose_from_keyframe_depth(posed_pair, tmp_path, depth_file):
+    from roma_ros.pose import matrix_from_quaternion, rotation_angle_deg
+
+    files, intrinsics, (R, t) = posed_pair
+    out = tmp_path / "pose.json"
+    proc = roma_match(*pose_args(files, intrinsics, "--keyframe-depth", str(files[depth_file]), "--json", str(out)))
+    assert proc.returncode == 0, proc.stderr
+    pose = json.loads(out.read_text())["pose"]
+    assert (pose["method"], pose["metric"], pose["reason"]) == ("pnp", True, "")
+    assert np.linalg.norm(np.asarray(pose["position"]) - t) < 0.05
+    assert rotation_angle_deg(matrix_from_quaternion(pose["orientation"]), R) < 0.5
+    assert pose["inliers"] >= 20 and 0 < pose["reprojection_rmse_px"] < 1.5
+    cov = np.asarray(pose["covariance"]).reshape(6, 6)
+    assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
+    assert "pose (pnp): query camera in the keyframe camera frame: position" in proc.stdout
+
+
+def test_pose_gates_and_missing_depth_give_no_position(posed_pair, tmp_path):
+    files, intrinsics, (R, t) = posed_pair
+    out = tmp_path / "gate.json"
+    proc = roma_match(*pose_args(files, intrinsics, "--keyframe-depth", str(files["depth.npy"]),
+                                 "--pose-min-inliers", "100000", "--json", str(out)))
+    assert proc.returncode == 0, proc.stderr
+    pose = json.loads(out.read_text())["pose"]
+    assert (pose["metric"], pose["position"], pose["covariance"]) == (False, None, None)
+    assert "< min_inliers 100000" in pose["reason"] and "no metric pose" in proc.stdout
+    proc = roma_match(*pose_args(files, intrinsics, "--keyframe-depth", str(files["depth.npy"]),
+                                 "--pose-max-rmse", "0.01", "--json", str(out)))
+    pose = json.loads(out.read_text())["pose"]
+    assert (pose["metric"], pose["position"]) == (False, None) and "> max_rmse 0.01 px" in pose["reason"]
+    # Intrinsics without depth: rotation and translation direction, never a position.
+    proc = roma_match(*pose_args(files, intrinsics, "--json", str(out)))
+    assert proc.returncode == 0, proc.stderr
+    pose = json.loads(out.read_text())["pose"]
+    assert (pose["method"], pose["metric"], pose["position"]) == ("essential", False, None)
+    assert "non-metric" in pose["reason"]
+    direction = np.asarray(pose["translation_direction"])
+    assert np.degrees(np.arccos(np.clip(direction @ t / np.linalg.norm(t), -1, 1))) < 10
+
+
+def test_unverified_match_reports_the_reason_and_no_pose(posed_pair, tmp_path):
+    files, intrinsics, _ = posed_pair
+    blank = tmp_path / "blank.png"
+    save_rgb(blank, np.full((240, 320, 3), 128, np.uint8))
+    out = tmp_path / "blank.json"
+    args = list(pose_args(files, intrinsics, "--keyframe-depth", str(files["depth.npy"]), "--json", str(out)))
+    args[0] = str(blank)
+    proc = roma_match(*args)
+    assert proc.returncode == 0, proc.stderr
+    pose = json.loads(out.read_text())["pose"]
+    assert (pose["metric"], pose["position"]) == (False, None)
+    assert pose["reason"].startswith("matches not verified:")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--keyframe-depth", "small.npy"), "is 100x100 but the candidate image is 320x240"),
+    (("--query-intrinsics", "0,250,160,120"), "fx=0.0 must be a positive"),
+    (("--keyframe-intrinsics", "250,250,160"), "takes 4 numbers, got 3"),
+    (("--keyframe-intrinsics", "250,abc,1,2"), "not a comma-separated list"),
+    (("--pose-min-inlier-ratio", "2"), "min_inlier_ratio=2.0"),
+    (("--depth-scale", "0.001"), "--depth-scale needs --keyframe-depth"),
+    (("--keyframe-depth", "missing.png"), "does not exist"),
+])
+def test_bad_pose_inputs_give_one_line_error(posed_pair, extra, message):
+    files, intrinsics, _ = posed_pair
+    extra = tuple(str(files[e]) if e in files else str(files["depth.png"].parent / e) if e.endswith(("png", "npy"))
+                  else e for e in extra)
+    proc = roma_match(*pose_args(files, intrinsics, *extra))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_depth_without_intrinsics_is_an_error(posed_pair):
+    files, _, _ = posed_pair
+    proc = roma_match(str(files["query.png"]), str(files["keyframe.png"]), "--model", "classical",
+                      "--keyframe-depth", str(files["depth.png"]), "--query-intrinsics", "250,250,160,120")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert "a metric pose from --keyframe-depth needs --keyframe-intrinsics" in lines[0]

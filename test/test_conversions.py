@@ -386,3 +386,131 @@ def test_png_with_alpha_drops_alpha_keeps_colour():
     png = CompressedImage(format="png", data=array.array("B", buf.tobytes()))
     out = compressed_msg_to_rgb(png)
     assert out.shape == (2, 2, 3) and out[0, 0].tolist() == [255, 0, 0]
+
+
+# ----------------------------------------------------------- camera_info, depth images, poses
+
+def camera_info(fx=500.0, fy=510.0, cx=319.5, cy=239.5, d=(), model="plumb_bob", w=640, h=480):
+    from sensor_msgs.msg import CameraInfo
+
+    return CameraInfo(width=w, height=h, k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], d=list(d),
+                      distortion_model=model)
+
+
+def test_camera_info_shifts_the_principal_point_once_and_keeps_distortion():
+    from roma_ros.conversions import camera_info_intrinsics, camera_info_to_camera
+
+    camera = camera_info_to_camera(camera_info())
+    # CameraInfo puts pixel centres at integers; ours are at +0.5: the centre of a 640x480 image.
+    assert (camera.fx, camera.fy, camera.cx, camera.cy) == (500.0, 510.0, 320.0, 240.0)
+    assert not camera.distorted and camera_info_intrinsics(camera_info()) == {
+        "fx": 500.0, "fy": 510.0, "cx": 319.5, "cy": 239.5}
+    d = (-0.2, 0.05, 0.001, -0.002, 0.01)
+    assert camera_info_to_camera(camera_info(d=d)).distortion == d
+    d8 = d + (0.1, 0.0, 0.02)
+    rational = camera_info(d=d8, model="rational_polynomial")
+    assert camera_info_to_camera(rational).distortion == d8
+    assert camera_info_intrinsics(rational)["distortion"] == list(d8)
+    # All-zero coefficients of any model are no distortion.
+    assert not camera_info_to_camera(camera_info(d=(0.0,) * 4, model="equidistant")).distorted
+
+
+@pytest.mark.parametrize("info, message", [
+    (dict(fx=0.0, fy=0.0, cx=0.0, cy=0.0), "not calibrated"),
+    (dict(fx=float("nan")), "not calibrated"),
+    (dict(d=(0.1, 0.0, 0.0, 0.0), model="equidistant"), "'equidistant' is not supported"),
+    (dict(d=(0.1, 0.2, 0.3)), "distortion coefficients"),
+])
+def test_unusable_camera_info_says_why(info, message):
+    from roma_ros.conversions import CameraInfoError, camera_info_to_camera
+
+    with pytest.raises(CameraInfoError, match=message):
+        camera_info_to_camera(camera_info(**info))
+    binned = camera_info()
+    binned.binning_x = 2
+    with pytest.raises(CameraInfoError, match="binning"):
+        camera_info_to_camera(binned)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_depth_16uc1_with_padding_and_32fc1(bigendian):
+    from roma_ros.conversions import depth_msg_to_array, depth_msg_to_metres
+
+    mm = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 7)
+    padded = np.zeros((H, W + 3), mm.dtype.newbyteorder(">" if bigendian else "<"))
+    padded[:, :W] = mm
+    msg = Image(height=H, width=W, encoding="16UC1", is_bigendian=int(bigendian), step=(W + 3) * 2,
+                data=array.array("B", padded.tobytes()))
+    raw = depth_msg_to_array(msg)
+    assert raw.dtype == np.uint16 and raw.flags.c_contiguous
+    np.testing.assert_array_equal(raw, mm)
+    metres = depth_msg_to_metres(msg)
+    assert np.isnan(metres[0, 0]) and metres[0, 1] == pytest.approx(0.007)
+    floats = np.linspace(0.5, 4.0, H * W, dtype=np.float32).reshape(H, W)
+    floats[1, 1] = np.nan
+    msg = Image(height=H, width=W, encoding="32FC1", step=W * 4, data=array.array("B", floats.tobytes()))
+    np.testing.assert_array_equal(depth_msg_to_array(msg), floats)
+    assert np.isnan(depth_msg_to_metres(msg)[1, 1])
+
+
+def test_bad_depth_images_are_conversion_errors():
+    from roma_ros.conversions import depth_msg_to_array
+
+    for msg, message in ((Image(height=2, width=2, encoding="rgb8", step=6, data=array.array("B", bytes(12))),
+                          "unsupported depth encoding 'rgb8'"),
+                         (Image(height=2, width=2, encoding="16UC1", step=4, data=array.array("B", bytes(6))),
+                          "wrong depth step/size"),
+                         (Image(encoding="32FC1"), "zero-size")):
+        with pytest.raises(ImageConversionError, match=message):
+            depth_msg_to_array(msg)
+
+
+def test_pose_messages_and_initialpose_floor():
+    from geometry_msgs.msg import Pose, PoseWithCovarianceStamped, Quaternion
+
+    from roma_ros.conversions import (
+        INITIALPOSE_FLOOR, floor_initialpose_covariance, msg_to_pose, pose_with_covariance_msg,
+    )
+
+    pose = Pose()
+    pose.position.x, pose.orientation.z, pose.orientation.w = 1.5, 2.0, 2.0
+    assert msg_to_pose(pose) == ((1.5, 0.0, 0.0), (0.0, 0.0, pytest.approx(np.sqrt(0.5)), pytest.approx(np.sqrt(0.5))))
+    with pytest.raises(ValueError, match="zero quaternion"):
+        msg_to_pose(Pose(orientation=Quaternion(w=0.0)))
+    cov = np.diag([0.01, 0.02, 0.03, 0.001, 0.002, 0.5]) + 1e-4
+    msg = pose_with_covariance_msg(Header(frame_id="map"), ((1.0, 2.0, 3.0), (0.0, 0.0, 0.0, 1.0)), cov)
+    assert isinstance(msg, PoseWithCovarianceStamped) and msg.header.frame_id == "map"
+    np.testing.assert_array_equal(np.asarray(msg.pose.covariance).reshape(6, 6), cov)  # row-major, ROS order
+    assert deserialize_message(serialize_message(msg), PoseWithCovarianceStamped) == msg
+    unknown = pose_with_covariance_msg(Header(), ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)), np.full((6, 6), np.nan))
+    assert np.asarray(unknown.pose.covariance)[0] == 1e6
+    floored = floor_initialpose_covariance(cov)
+    assert floored[0, 0] == 0.25 and floored[1, 1] == 0.25 and floored[5, 5] == cov[5, 5]  # yaw already larger
+    assert floored[2, 2] == cov[2, 2] and floored[0, 1] == cov[0, 1]
+    assert floor_initialpose_covariance(np.zeros((6, 6)))[5, 5] == INITIALPOSE_FLOOR[35] == pytest.approx(0.0685, abs=1e-4)
+
+
+def added_arrows(markers: list) -> list:
+    return [m for m in markers if m.type == Marker.ARROW and m.action == Marker.ADD]  # DELETEALL has type 0 too
+
+
+def test_markers_arrow_points_where_the_camera_looks():
+    from roma_ros.pose import matrix_from_quaternion
+
+    quarter = np.sqrt(0.5)
+    # An optical frame looking along map +x (z_cam = x_map): rotation -90 deg about x, then -90 about z.
+    R_map_cam = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    from roma_ros.pose import quaternion_from_matrix
+
+    q = quaternion_from_matrix(R_map_cam)
+    markers = match_markers("map", Time(sec=3), "kf", None, True, "ok", query_pose=((1.0, 2.0, 0.5), q)).markers
+    arrows = added_arrows(markers)
+    assert len(arrows) == 1 and arrows[0].pose.position.x == 1.0
+    o = arrows[0].pose.orientation
+    np.testing.assert_allclose(matrix_from_quaternion([o.x, o.y, o.z, o.w]) @ [1, 0, 0], [1, 0, 0], atol=1e-9)
+    # A base frame pose (x forward) is drawn as it is.
+    yaw = (0.0, 0.0, quarter, quarter)
+    o = added_arrows(match_markers("map", Time(), "kf", None, True, "ok", query_pose=((0, 0, 0), yaw),
+                                   optical=False).markers)[0].pose.orientation
+    np.testing.assert_allclose(matrix_from_quaternion([o.x, o.y, o.z, o.w]) @ [1, 0, 0], [0, 1, 0], atol=1e-9)
+    assert not added_arrows(match_markers("map", Time(), "kf", None, False, "x").markers)

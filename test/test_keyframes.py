@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import yaml
 
 from roma_ros.imageio import save_rgb
@@ -126,3 +127,128 @@ def test_16_bit_keyframe_files_scale_like_16_bit_queries(tmp_path):
     rgb = load_rgb(tmp_path / "kf.png")
     assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3)
     assert rgb.max() == 255 and rgb[0, 0, 0] == 0
+
+
+# ------------------------------------------------------------------------------------ depth
+
+def ramp_depth(h: int = 20, w: int = 30) -> np.ndarray:
+    """Metres, 0.5 to ~3.4 m, with unknown pixels of both kinds (0 and NaN)."""
+    depth = (0.5 + np.arange(h * w, dtype=np.float32).reshape(h, w) / 200).astype(np.float32)
+    depth[0, 0], depth[1, 1] = 0.0, np.nan
+    return depth
+
+
+def test_depth_types_units_and_unknown_pixels(tmp_path):
+    import cv2
+
+    from roma_ros.depth import DepthFileError, load_depth, save_depth
+
+    metres = ramp_depth()
+    mm = np.nan_to_num(np.rint(metres * 1000)).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "mm.png"), mm)
+    cv2.imwrite(str(tmp_path / "tenth_mm.png"), (mm.astype(np.uint32) * 10).astype(np.uint16))
+    cv2.imwrite(str(tmp_path / "m.tiff"), metres)
+    np.save(tmp_path / "m.npy", metres)
+    for name, scale, tolerance in (("mm.png", None, 5e-4), ("tenth_mm.png", 1e-4, 5e-4),
+                                   ("m.tiff", None, 0), ("m.npy", None, 0), ("mm.png", 0.002, None)):
+        depth = load_depth(tmp_path / name, scale)
+        assert depth.dtype == np.float32 and depth.shape == (20, 30), name
+        assert np.isnan(depth[0, 0]) and np.isnan(depth[1, 1]) and np.isfinite(depth).sum() == 598, name
+        if tolerance is None:  # a scale overrides the file type's default
+            np.testing.assert_allclose(depth[5, 5], 2 * metres[5, 5], rtol=1e-3)
+        else:
+            assert np.nanmax(np.abs(depth - metres)) <= tolerance, name
+    # A float depth map in millimetres is read with scale 0.001 too.
+    np.save(tmp_path / "float_mm.npy", metres * 1000)
+    np.testing.assert_allclose(load_depth(tmp_path / "float_mm.npy", 0.001)[5, 5], metres[5, 5], rtol=1e-6)
+    # All unknown is a valid (useless) depth map; negative and infinite values are unknown too.
+    np.save(tmp_path / "none.npy", np.array([[0.0, np.nan], [-1.0, np.inf]], np.float32))
+    assert np.isnan(load_depth(tmp_path / "none.npy")).all()
+
+    cv2.imwrite(str(tmp_path / "eight.png"), np.full((4, 4), 7, np.uint8))
+    cv2.imwrite(str(tmp_path / "colour.png"), np.zeros((4, 4, 3), np.uint16))
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    np.save(tmp_path / "ints.npy", np.zeros((4, 4), np.int64))
+    (tmp_path / "m.jpg").write_bytes(b"jpeg")
+    for name, message in (("eight.png", "8-bit image is not depth"), ("colour.png", "one channel"),
+                          ("corrupt.png", "not a readable PNG"), ("ints.npy", "unsupported depth type int64"),
+                          ("missing.tiff", "does not exist"), ("m.jpg", "unknown type")):
+        with pytest.raises(DepthFileError, match=message) as info:
+            load_depth(tmp_path / name)
+        assert name in str(info.value)
+    with pytest.raises(ValueError, match="positive"):
+        load_depth(tmp_path / "mm.png", scale=-1.0)
+    # save_depth: atomic, and 16-bit PNG rounds to mm (0 = unknown) while TIFF keeps float32 and NaN.
+    save_depth(tmp_path / "out.png", metres)
+    save_depth(tmp_path / "out.tiff", metres)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED), mm)
+    np.testing.assert_array_equal(load_depth(tmp_path / "out.tiff"), load_depth(tmp_path / "m.tiff"))
+    with pytest.raises(ValueError, match="65.535 m"):
+        save_depth(tmp_path / "far.png", np.full((2, 2), 70.0, np.float32))
+    assert not (tmp_path / "far.png").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_depth_entries_load_registered_or_warn_and_stay_keyframes(tmp_path):
+    import cv2
+
+    from roma_ros.depth import save_depth
+
+    for name in ("a", "b", "c", "d", "e"):
+        save_rgb(tmp_path / f"{name}.png", image(10))
+    save_depth(tmp_path / "a_depth.png", ramp_depth())  # next to the images: not taken for a keyframe image
+    save_depth(tmp_path / "small.tiff", ramp_depth(10, 15))
+    cv2.imwrite(str(tmp_path / "eight.png"), np.full((20, 30), 7, np.uint8))
+    intrinsics = {"fx": 500.0, "fy": 500.0, "cx": 14.5, "cy": 9.5}
+    (tmp_path / "keyframes.yaml").write_text(yaml.safe_dump({"keyframes": [
+        {"name": "a", "image": "a.png", "depth": "a_depth.png", "depth_scale": 0.002, "intrinsics": intrinsics},
+        {"name": "b", "image": "b.png", "depth": "small.tiff", "intrinsics": intrinsics},
+        {"name": "c", "image": "c.png", "depth": "eight.png", "intrinsics": {"fx": -1, "fy": 1, "cx": 0, "cy": 0}},
+        {"name": "d", "image": "d.png", "depth": "nowhere.npy"},
+        {"name": "e", "image": "e.png", "depth": "a_depth.png", "depth_scale": "metres"},
+    ]}))
+    store = KeyframeStore(tmp_path)
+    keyframes = store.load()
+    assert [k.name for k in keyframes] == ["a", "b", "c", "d", "e"]
+    a = keyframes[0]
+    assert a.depth_file == "a_depth.png" and a.depth_scale == 0.002 and a.intrinsics == intrinsics
+    np.testing.assert_allclose(a.depth[5, 5], 2 * ramp_depth()[5, 5], rtol=1e-3)
+    assert all(k.depth is None and k.depth_file is None for k in keyframes[1:])
+    assert keyframes[1].intrinsics == intrinsics and keyframes[2].intrinsics is None
+    warnings = "\n".join(store.warnings)
+    for needle in ("'b' has no depth", "small.tiff' is 15x10 but its image is 30x20", "'c' has no intrinsics",
+                   "must be > 0", "eight.png': 8-bit", "nowhere.npy' does not exist", "'e' has no depth"):
+        assert needle in warnings, needle
+    assert len(store.warnings) == 5
+    # A later add keeps every entry as written (including the ones whose depth did not load).
+    store.add(image(99), keyframes, name="f")
+    entries = yaml.safe_load((tmp_path / "keyframes.yaml").read_text())["keyframes"]
+    assert entries[1]["depth"] == "small.tiff" and entries[4]["depth_scale"] == "metres"
+
+
+def test_add_with_depth_writes_lossless_files_and_reloads_them(tmp_path, monkeypatch):
+    from roma_ros.depth import load_depth
+
+    store = KeyframeStore(tmp_path / "kf")
+    intrinsics = {"fx": 300.0, "fy": 310.0, "cx": 14.5, "cy": 9.5}
+    units = np.arange(600, dtype=np.uint16).reshape(20, 30) * 50  # tenths of a mm up to ~3 m
+    first = store.add(image(1), [], name="raw16", intrinsics=intrinsics, depth=units, depth_scale=1e-4,
+                      pose=((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)))
+    second = store.add(image(2), store.load(), name="metres", depth=ramp_depth())
+    assert (first.depth_file, second.depth_file) == ("depth/raw16.png", "depth/metres.tiff")
+    assert first.posable and not second.posable  # no intrinsics or pose
+    keyframes = KeyframeStore(tmp_path / "kf").load()
+    assert [k.name for k in keyframes] == ["raw16", "metres"]  # depth files are not keyframe images
+    np.testing.assert_allclose(keyframes[0].depth[1:], (units * 1e-4)[1:], rtol=1e-6)
+    assert np.isnan(keyframes[0].depth[0, 0]) and keyframes[0].depth_scale == 1e-4
+    np.testing.assert_array_equal(keyframes[1].depth, load_depth(tmp_path / "kf" / "depth" / "metres.tiff"))
+    assert np.isnan(keyframes[1].depth[0, 0]) and keyframes[0].intrinsics == intrinsics
+    entries = yaml.safe_load((tmp_path / "kf" / "keyframes.yaml").read_text())["keyframes"]
+    assert entries[0]["depth"] == "depth/raw16.png" and entries[0]["depth_scale"] == 1e-4
+    assert "depth_scale" not in entries[1]  # float depth is metres
+
+    with pytest.raises(ValueError, match="registered to the image"):
+        store.add(image(3), keyframes, name="bad", depth=np.ones((10, 10), np.float32))
+    with pytest.raises(ValueError, match="focal"):
+        store.add(image(3), keyframes, name="bad", intrinsics={"fx": 0, "fy": 1, "cx": 1, "cy": 1})
+    assert not (tmp_path / "kf" / "bad.png").exists() and not (tmp_path / "kf" / "depth" / "bad.png").exists()
+    assert store.check() == []

@@ -342,3 +342,117 @@ def test_defaults_agree_with_the_node_and_the_feature_cache():
     assert build_parser().parse_args(["list"]).dir == DEFAULT_DIR
     assert params.keyframes_dir({"keyframes_dir": ""}) == Path(DEFAULT_DIR).expanduser()
     assert keyframes.CACHE_DIR == feature_cache.CACHE_DIR
+
+
+def test_depth_keyframes_add_list_check_remove(tmp_path, capsys):
+    import cv2
+
+    from roma_ros.depth import save_depth
+
+    src, kf = tmp_path / "src", tmp_path / "kf"
+    save_rgb(src / "a.png", picture(10))
+    save_rgb(src / "b.png", picture(90))
+    mm = (np.arange(600, dtype=np.uint16).reshape(20, 30) + 500)
+    mm[0, :] = 0
+    cv2.imwrite(str(src / "a_depth.png"), mm)
+    save_depth(src / "b_depth.tiff", mm.astype(np.float32) / 1000)
+    save_depth(src / "small.tiff", np.ones((10, 15), np.float32))
+
+    code, out, err = run(capsys, "add", src / "a.png", "--dir", kf, "--depth", src / "a_depth.png",
+                         "--intrinsics", 30, 30, 14.5, 9.5, "--pose", 0, 0, 0, 0, 0, 0, 1)
+    assert code == 0, err
+    assert out.splitlines()[1] == f"  depth {kf / 'depth' / 'a.png'}: 95% valid, 0.53 to 1.1 m"
+    assert (kf / "depth" / "a.png").read_bytes() == cv2.imencode(".png", mm)[1].tobytes()  # 16-bit kept as is
+    code, _, err = run(capsys, "add", src / "b.png", "--dir", kf, "--depth", src / "b_depth.tiff",
+                       "--depth-scale", 2.0)
+    assert code == 0, err
+    keyframes = KeyframeStore(kf).load()
+    assert keyframes[0].intrinsics == {"fx": 30.0, "fy": 30.0, "cx": 14.5, "cy": 9.5} and keyframes[0].posable
+    np.testing.assert_allclose(keyframes[1].depth[1:], 2 * keyframes[0].depth[1:], rtol=1e-6)
+
+    code, out, _ = run(capsys, "list", "--dir", kf)
+    rows = table(out)
+    assert [r[6:] for r in rows] == [["depth/a.png (95% valid)", "30 30 14.5 9.5"],
+                                     ["depth/b.tiff (95% valid)", "-"]]
+    assert out.splitlines()[0].split()[-2:] == ["depth", "intrinsics"]
+
+    # check: wrong size, unreadable, all unknown, orphan; repair sets the bad depth aside.
+    save_rgb(kf / "c.png", picture(30))
+    save_rgb(kf / "d.png", picture(40))
+    save_rgb(kf / "e.png", picture(50))
+    save_depth(kf / "depth" / "small.tiff", np.ones((10, 15), np.float32))
+    (kf / "depth" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    save_depth(kf / "depth" / "empty.tiff", np.zeros((20, 30), np.float32))
+    save_depth(kf / "depth" / "orphan.tiff", np.ones((20, 30), np.float32))
+    write_index(kf, index_entries(kf) + [
+        {"name": "c", "image": "c.png", "depth": "depth/small.tiff"},
+        {"name": "d", "image": "d.png", "depth": "depth/broken.png"},
+        {"name": "e", "image": "e.png", "depth": "depth/empty.tiff"},
+    ])
+    code, out, _ = run(capsys, "check", "--dir", kf)
+    lines = out.splitlines()
+    assert code == 1 and lines[-1].startswith("4 problems; "), out
+    assert "entry 2 'c': depth file" in lines[0] and "is 15x10 but its image is 30x20" in lines[0]
+    assert "entry 3 'd': depth file" in lines[1] and "broken.png' is empty or not a readable PNG" in lines[1]
+    assert "entry 4 'e': depth file 'depth/empty.tiff' has only 0.0% valid pixels" in lines[2]
+    assert lines[3] == "depth file depth/orphan.tiff belongs to no keyframe (an interrupted add or removal)"
+    code, out, _ = run(capsys, "check", "--repair", "--dir", kf)
+    assert code == 1 and "1 problems remain" in out  # the empty depth map is the user's to replace
+    entries = index_entries(kf)
+    assert entries[2]["invalid_depth"] == "depth/small.tiff" and "depth" not in entries[2]
+    assert not (kf / "depth" / "orphan.tiff").exists() and (kf / "depth" / "small.tiff").is_file()
+    assert [k.name for k in KeyframeStore(kf).load()] == ["a", "b", "c", "d", "e"]
+
+    # remove takes the depth file with the image and the cached features; the cache key ignores depth.
+    cache = fake_cache(kf, "roma", "a.png")
+    assert KeyframeStore(kf).cache_files("a.png") == [cache]
+    code, out, _ = run(capsys, "remove", "a", "--dir", kf)
+    assert code == 0 and out.strip() == f"removed 'a' (a.png); deleted a.png, depth/a.png, {cache.relative_to(kf)}"
+    assert not (kf / "depth" / "a.png").exists() and not (kf / ".trash").exists()
+
+
+def test_remove_with_depth_is_undone_when_the_index_write_fails(tmp_path, monkeypatch):
+    kf = tmp_path / "kf"
+    store = KeyframeStore(kf)
+    store.add(picture(5), [], name="p", depth=np.full((20, 30), 1000, np.uint16))
+    depth_bytes = (kf / "depth" / "p.png").read_bytes()
+    import roma_ros.keyframes as module
+
+    def disk_full(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module, "save_bytes", disk_full)
+    with pytest.raises(OSError):
+        store.remove("p")
+    monkeypatch.undo()
+    assert (kf / "depth" / "p.png").read_bytes() == depth_bytes and (kf / "p.png").is_file()
+    assert store.check() == [] and KeyframeStore(kf).load()[0].depth[0, 0] == 1.0
+    # A crash between trashing the files and writing the index: repair puts both back.
+    (kf / ".trash" / "depth").mkdir(parents=True)
+    (kf / "p.png").replace(kf / ".trash" / "p.png")
+    (kf / "depth" / "p.png").replace(kf / ".trash" / "depth" / "p.png")
+    assert any("depth/p.png is in .trash/ but still listed" in line for line in store.check(repair=True))
+    assert KeyframeStore(kf).load()[0].depth[0, 0] == 1.0 and store.check() == []
+
+
+def test_depth_options_errors_are_one_line(tmp_path):
+    from roma_ros.depth import save_depth
+
+    kf = tmp_path / "kf"
+    save_rgb(tmp_path / "ok.png", picture(5))
+    save_depth(tmp_path / "small.tiff", np.ones((10, 15), np.float32))
+    cases = [
+        (("--depth", tmp_path / "small.tiff"), "is 15x10 but the image is 30x20"),
+        (("--depth", tmp_path / "nope.png"), "nope.png' does not exist"),
+        (("--depth-scale", 0.001), "--depth-scale needs --depth"),
+        (("--depth", tmp_path / "small.tiff", "--depth-scale", -1), "positive"),
+        (("--intrinsics", 0, 1, 2, 3), "must be > 0"),
+    ]
+    for extra, message in cases:
+        code = main(["add", str(tmp_path / "ok.png"), "--dir", str(kf), *map(str, extra)])
+        assert code == 2, extra
+    for extra, message in cases[:2]:
+        proc = script("add", tmp_path / "ok.png", "--dir", kf, *extra)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not kf.exists() or KeyframeStore(kf).load() == []

@@ -136,7 +136,7 @@ def test_counters_add_up_and_failures_raise_the_level(ros, tmp_path, pairs, stop
 
     real_process = node.relocalizer.process
 
-    def out_of_memory(rgb):
+    def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     node.relocalizer.process = out_of_memory

@@ -33,9 +33,24 @@ def test_every_default_obeys_its_rules():
     assert P.check_startup({s.name: s.default for s in P.PARAMS})["ransac.threshold"] == 0.2
 
 
+def test_list_parameters_take_numbers_and_their_own_rules():
+    """An empty list in a params file reaches the node as "not set" (rcl has no empty arrays)."""
+    assert P.check_value("query_intrinsics", None) == []
+    assert P.check_value("query_intrinsics", [525, 525.0, 319.5, 239.5]) == [525.0, 525.0, 319.5, 239.5]
+    with pytest.raises(P.ParameterError, match=r"^query_intrinsics=\[1.0, 2.0, 3.0\] is not allowed: .*4 values"):
+        P.check_value("query_intrinsics", [1, 2, 3])
+    with pytest.raises(P.ParameterError, match="focal length fx=-5.0 must be a positive"):
+        P.check_value("query_intrinsics", [-5, 525, 319.5, 239.5])
+    with pytest.raises(P.ParameterError, match="quaternion .* has norm"):
+        P.check_value("camera_to_base", [0, 0, 0, 0, 0, 0, 2])
+    values = {spec.name: spec.default for spec in P.PARAMS}
+    with pytest.raises(P.ParameterError, match="max_depth=1.0 must be greater than min_depth=2.0"):
+        P.check_startup({**values, "pose.min_depth": 2.0, "pose.max_depth": 1.0})
+
+
 def test_every_parameter_rejects_a_value_of_another_type():
     """Holds for parameters added later too: the type comes from the default."""
-    wrong = {bool: "yes", int: 1.5, float: "fast", str: 3}
+    wrong = {bool: "yes", int: 1.5, float: "fast", str: 3, list: ["fast"]}
     for spec in P.PARAMS:
         with pytest.raises(P.ParameterError, match=f"^{spec.name}=.* is not allowed: expected "):
             P.check_value(spec.name, wrong[spec.kind])
