@@ -58,6 +58,14 @@ def generate_launch_description():
                               description="camera image topic, relative to the namespace unless it "
                                           "starts with '/' (with image_transport:=compressed, "
                                           "<image>/compressed is used)"),
+        DeclareLaunchArgument("camera_info", default_value="camera/camera_info",
+                              description="the camera's CameraInfo topic (query intrinsics for the pose)"),
+        DeclareLaunchArgument("depth", default_value="camera/depth_registered/image_raw",
+                              description="depth registered to the camera image (16UC1 mm or 32FC1 m), "
+                                          "stored by ~/add_keyframe"),
+        DeclareLaunchArgument("keyframe_pose", default_value="keyframe_pose",
+                              description="camera optical frame pose in frame_id (e.g. from SLAM), "
+                                          "stored by ~/add_keyframe"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of the node and of its relative topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
@@ -80,7 +88,9 @@ def generate_launch_description():
             {"use_sim_time": LaunchConfiguration("use_sim_time")},
             NonEmptyOverrides(OVERRIDES),
         ],
-        remappings=[("image", image), ("image/compressed", [image, "/compressed"])],
+        remappings=[("image", image), ("image/compressed", [image, "/compressed"]),
+                    ("camera_info", LaunchConfiguration("camera_info")), ("depth", LaunchConfiguration("depth")),
+                    ("keyframe_pose", LaunchConfiguration("keyframe_pose"))],
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         output="screen",
     )
