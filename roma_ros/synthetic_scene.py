@@ -80,11 +80,18 @@ def _texture_pyramid(photo: str, width_m: float, height_m: float, mirrored: bool
 
     w, h = int(round(width_m * _TEXELS_PER_M)), int(round(height_m * _TEXELS_PER_M))
     image = load_photo(photo)
-    levels = [cv2.resize(image[:, ::-1] if mirrored else image, (w, h), interpolation=cv2.INTER_AREA)]
-    # Halved with a blur and an area resize, not cv2.pyrDown: pyrDown centres output pixel i on
-    # input pixel 2i, half an input texel off the pixel-centre frame, so views rendered at different
-    # levels would disagree by millimetres on where the texture lies.
-    while min(levels[-1].shape[:2]) > 16:
+    return mip_levels(cv2.resize(image[:, ::-1] if mirrored else image, (w, h), interpolation=cv2.INTER_AREA))
+
+
+def mip_levels(image: np.ndarray, smallest: int = 16) -> tuple[np.ndarray, ...]:
+    """``image`` and its halvings down to ``smallest`` px, each covering the same extent.
+
+    Blur + area resize, not cv2.pyrDown: pyrDown centres output pixel i on input pixel 2i, half an
+    input texel off the pixel-centre frame, so views rendered at different levels would disagree
+    by millimetres on where a texture lies.
+    """
+    levels = [image]
+    while min(levels[-1].shape[:2]) > smallest:
         blurred = cv2.GaussianBlur(levels[-1], (3, 3), 0)
         levels.append(cv2.resize(blurred, (levels[-1].shape[1] // 2, levels[-1].shape[0] // 2),
                                  interpolation=cv2.INTER_AREA))
