@@ -54,7 +54,7 @@ def _wall(photo, a, b, z_low, z_high, shade=1.0) -> Plane:
                  float(np.linalg.norm(b - a)), z_high - z_low, shade)
 
 
-# A room corner (floor, back wall, left wall) with two panels standing in front of it.
+# A room corner (floor, back wall, left wall) with three panels standing in front of it.
 SCENE: tuple[Plane, ...] = (
     Plane("gravel", (-4.0, 4.0, 0.0), (1.0, 0.0, 0.0), (0.0, -1.0, 0.0), 8.0, 8.0, 0.8),
     _wall("brick", (-4.0, 4.0), (4.0, 4.0), 0.0, 3.0, 1.0),
@@ -80,9 +80,21 @@ def _texture_pyramid(photo: str, width_m: float, height_m: float, mirrored: bool
 
     w, h = int(round(width_m * _TEXELS_PER_M)), int(round(height_m * _TEXELS_PER_M))
     image = load_photo(photo)
-    levels = [cv2.resize(image[:, ::-1] if mirrored else image, (w, h), interpolation=cv2.INTER_AREA)]
-    while min(levels[-1].shape[:2]) > 16:
-        levels.append(cv2.pyrDown(levels[-1]))
+    return mip_levels(cv2.resize(image[:, ::-1] if mirrored else image, (w, h), interpolation=cv2.INTER_AREA))
+
+
+def mip_levels(image: np.ndarray, smallest: int = 16) -> tuple[np.ndarray, ...]:
+    """``image`` and its halvings down to ``smallest`` px, each covering the same extent.
+
+    Blur + area resize, not cv2.pyrDown: pyrDown centres output pixel i on input pixel 2i, half an
+    input texel off the pixel-centre frame, so views rendered at different levels would disagree
+    by millimetres on where a texture lies.
+    """
+    levels = [image]
+    while min(levels[-1].shape[:2]) > smallest:
+        blurred = cv2.GaussianBlur(levels[-1], (3, 3), 0)
+        levels.append(cv2.resize(blurred, (levels[-1].shape[1] // 2, levels[-1].shape[0] // 2),
+                                 interpolation=cv2.INTER_AREA))
     return tuple(levels)
 
 
@@ -136,9 +148,10 @@ def render(pose: Pose, camera: CameraModel, size: tuple[int, int] = (240, 320),
         footprint = np.median(z[visible] / abs(np.median(denom[visible])) / camera.fx) * _TEXELS_PER_M
         level = int(np.clip(np.floor(np.log2(max(footprint, 1.0))), 0, len(pyramid) - 1))
         tex = pyramid[level]
-        scale = _TEXELS_PER_M / 2 ** level
-        map_x = np.where(visible, s * scale - 0.5, -1).astype(np.float32)
-        map_y = np.where(visible, t * scale - 0.5, -1).astype(np.float32)
+        # Texels per metre of this level, exact for odd sizes too (resize maps extent to extent).
+        scale_x, scale_y = tex.shape[1] / plane.width, tex.shape[0] / plane.height
+        map_x = np.where(visible, s * scale_x - 0.5, -1).astype(np.float32)
+        map_y = np.where(visible, t * scale_y - 0.5, -1).astype(np.float32)
         colour = cv2.remap(tex, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         rgb[visible] = colour[visible].astype(np.float32) * plane.shade
         depth[visible] = z[visible]

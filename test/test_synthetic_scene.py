@@ -63,3 +63,14 @@ def test_other_room_shares_geometry_but_not_pictures():
     np.testing.assert_array_equal(np.isnan(other.depth), np.isnan(view.depth))
     assert np.nanmax(np.abs(other.depth - view.depth)) == 0
     assert np.mean(np.abs(other.rgb.astype(int) - view.rgb.astype(int))) > 20
+
+
+def test_mip_levels_keep_the_texture_in_place():
+    """A linear ramp stays the same function of position at every level (pixel centres at +0.5):
+    a level shifted by a fraction of a texel would put the texture elsewhere in each view."""
+    x = np.arange(256, dtype=np.float32) + 0.5
+    ramp = np.tile(x, (64, 1))
+    for level, image in enumerate(ss.mip_levels(ramp)[1:], start=1):
+        centres = (np.arange(image.shape[1]) + 0.5) * 2 ** level
+        inner = slice(2, -2)  # away from the borders, where the blur sees replicated pixels
+        np.testing.assert_allclose(image[10, inner], centres[inner], atol=1e-3 * 2 ** level)
