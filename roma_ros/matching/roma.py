@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import importlib.machinery
 import importlib.util
 import math
@@ -76,11 +77,31 @@ def build_random_roma(device: str, **kwargs) -> RegressionMatcher:
 
 
 def has_fused_correlation() -> bool:
-    """Whether RoMa's optional fused CUDA kernel (the compiled ``local_corr`` extension)
-    imports; romatch fails on the first match if told to use it when it is missing. Any
-    other module of that name (a script on the path) is not the kernel."""
+    """Whether RoMa's optional fused CUDA kernel imports; romatch fails on the first match
+    if told to use it when it is missing.
+
+    The kernel ships as the ``fused-local-corr`` wheel: a package ``local_corr`` holding an
+    ``__init__.py`` and a compiled ``_C`` module, built for one torch version (0.3.211 for
+    torch 2.11), fp32 only. An older build installed the compiled module ``local_corr``
+    itself; both are accepted. Anything else of that name (a ``local_corr.py`` script on
+    the path) is not the kernel and is never imported. A wheel built for another torch
+    fails to import and counts as missing.
+    """
     spec = importlib.util.find_spec("local_corr")
-    return spec is not None and str(spec.origin).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    if spec is None:
+        return False
+    compiled = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    if spec.submodule_search_locations is None:  # a plain module: only a compiled one will do
+        if not str(spec.origin).endswith(compiled):
+            return False
+    elif not any(Path(folder, "_C" + suffix).is_file()
+                 for folder in spec.submodule_search_locations for suffix in compiled):
+        return False
+    try:
+        module = importlib.import_module("local_corr")
+    except Exception:  # noqa: BLE001 - a broken or mismatched build is as good as none
+        return False
+    return callable(getattr(module, "local_corr", None))
 
 
 def build_roma(config: MatcherConfig, device: str) -> RegressionMatcher:
