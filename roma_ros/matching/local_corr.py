@@ -88,9 +88,19 @@ def local_correlation(feature0: torch.Tensor, feature1: torch.Tensor, local_radi
                                      padding_mode=padding_mode, sample_mode=sample_mode)
 
 
+def fused_first_correlation(feature0: torch.Tensor, feature1: torch.Tensor, local_radius: int,
+                            warp: torch.Tensor, *, use_custom_corr: bool, **kwargs) -> torch.Tensor:
+    """RoMa's fused kernel wherever the refiner may use it (fp32 only: romatch casts the
+    features up), ``local_correlation`` elsewhere; for measuring the kernel against ours."""
+    if use_custom_corr:
+        return romatch_local_correlation(feature0, feature1, local_radius, warp, use_custom_corr=True, **kwargs)
+    return local_correlation(feature0, feature1, local_radius, warp, use_custom_corr=False, **kwargs)
+
+
 @contextlib.contextmanager
-def dense_correlation_in_romatch() -> Iterator[None]:
-    """Route romatch's refiners through ``local_correlation`` above while inside.
+def dense_correlation_in_romatch(prefer_fused: bool = False) -> Iterator[None]:
+    """Route romatch's refiners through ``local_correlation`` above while inside
+    (``fused_first_correlation`` with ``prefer_fused``).
 
     The refiners look the function up in romatch's matcher module at each call, so
     rebinding it there is the only seam. It is restored when the last user leaves
@@ -99,7 +109,7 @@ def dense_correlation_in_romatch() -> Iterator[None]:
     global _users
     with _users_lock:
         _users += 1
-        romatch_matcher.local_correlation = local_correlation
+        romatch_matcher.local_correlation = fused_first_correlation if prefer_fused else local_correlation
     try:
         yield
     finally:

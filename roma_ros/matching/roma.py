@@ -15,7 +15,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
@@ -34,6 +34,8 @@ from romatch.utils.utils import get_autocast_params
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.dense import DenseMatcher, DenseWarp
 from roma_ros.matching.device import amp_dtype
+from roma_ros.matching.fast_decode import (DecodeOptions, GraphedDecode, Precomputed, SyncFreeGP, attributes_set,
+                                           folded_refiners)
 from roma_ros.matching.local_corr import dense_correlation_in_romatch
 from roma_ros.matching.weights import checkpoints_for, load_checkpoints
 
@@ -135,6 +137,13 @@ def gem_descriptor(features: torch.Tensor, p: float = 3.0) -> np.ndarray:
     return F.normalize(pooled, dim=0).cpu().numpy()
 
 
+def decoder_view(decoder: nn.Module, **replaced: nn.Module) -> nn.Module:
+    """A view of romatch's Decoder sharing every module except those named."""
+    view = copy.copy(decoder)
+    view._modules = {**decoder._modules, **replaced}
+    return view
+
+
 def projection_free(decoder: nn.Module) -> nn.Module:
     """A view of romatch's Decoder sharing every module except its input projections.
 
@@ -144,10 +153,7 @@ def projection_free(decoder: nn.Module) -> nn.Module:
     than the GPU work). RomaMatcher applies the same projections itself (``_project``), so
     the view's empty ``proj`` keeps that branch from running.
     """
-    view = copy.copy(decoder)
-    view._modules = dict(decoder._modules)
-    view._modules["proj"] = nn.ModuleDict()
-    return view
+    return decoder_view(decoder, proj=nn.ModuleDict())
 
 
 @contextlib.contextmanager
@@ -174,15 +180,36 @@ def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
 class RomaMatcher(DenseMatcher):
     """RoMa outdoor/indoor behind the matcher interface, plus encode/decode for reuse."""
 
-    def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None) -> None:
+    def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None,
+                 options: DecodeOptions | None = None) -> None:
         super().__init__(config, model, build_roma)
         apply_settings(self.model, config)
+        self.options = options or DecodeOptions()
         # Same arithmetic; oneDNN runs these convolutions much faster channels-last (a quarter
         # off the CPU decode; 3% on an H200, bench/gpu_profile.py). Converts weights in place.
         self.model.decoder.to(memory_format=torch.channels_last)
-        self._decoder = projection_free(self.model.decoder)
+        decoder = self.model.decoder
+        refiners = folded_refiners(decoder.conv_refiner) if self.options.fold_batchnorm else decoder.conv_refiner
+        self._refiners = list(refiners.values())
+        self._gp = SyncFreeGP(decoder.gps["16"])
+        self._decoder = decoder_view(decoder, proj=nn.ModuleDict(), conv_refiner=refiners,
+                                     gps=nn.ModuleDict({"16": self._gp}))
+        self._posterior = Precomputed()
+        self._decoder_given_gp = decoder_view(self._decoder, gps=nn.ModuleDict({"16": self._posterior}))
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
+        self._graphed = None
+        if self.options.cuda_graphs and self.device.startswith("cuda"):
+            self._graphed = self.graphed_decode(capture=True)
+
+    def graphed_decode(self, capture: bool) -> GraphedDecode:
+        """The decode replayed from CUDA graphs (``capture=False``: the same padded batches
+        decoded eagerly). The fused kernel launches on the legacy default stream, which a
+        graph would not record, so refiners capture romatch's PyTorch correlation where they
+        do not use ours."""
+        return GraphedDecode(lambda f_q, f_c, gp: self._decode_pairs(lambda p: (f_q[p], f_c[p]), gp),
+                             self.config.batch_size, 2 if self.config.symmetric else 1, capture,
+                             lambda: attributes_set(self._refiners, "use_custom_corr", False))
 
     # ---------------------------------------------------------------- encode
     def _normalized(self, image: Image.Image, hw: tuple[int, int]) -> torch.Tensor:
@@ -261,6 +288,30 @@ class RomaMatcher(DenseMatcher):
         full = self.completed(encoded)
         return self._project(full.coarse), (self._project(full.fine) if full.fine is not None else None)
 
+    def _decode_pairs(self, pairs: Callable[[str], tuple[dict, dict]],
+                      posterior: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """romatch's decoder on the paired pyramids ``pairs("coarse")`` and ``pairs("fine")``:
+        the coarse pass, the upsampling pass, the certainty attenuation; (flow, logits) at the
+        output size. Asking per pass lets each pass's pairs be freed before the next is made.
+        With ``posterior`` the coarse GP is not run: that is its result."""
+        decoder = self._decoder
+        if posterior is not None:
+            self._posterior.value = posterior
+            decoder = self._decoder_given_gp
+        hs, ws = self.coarse_hw
+        with dense_correlation_in_romatch(self.options.prefer_fused):
+            corresps = decoder(*pairs("coarse"), upsample=False,
+                               scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
+            low_res_logits = corresps[16]["certainty"]
+            if self.fine_hw:
+                hs, ws = self.fine_hw
+                corresps = decoder(*pairs("fine"), upsample=True,
+                                   scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1])
+        logits = corresps[1]["certainty"]
+        if self.model.attenuate_cert:
+            logits = logits - attenuation(low_res_logits, hs, ws)
+        return corresps[1]["flow"], logits
+
     @torch.inference_mode()
     def decode(self, query: EncodedImage, candidates: list[EncodedImage]) -> list[DenseWarp]:
         """Dense warps of ``query`` against each candidate, decoded as one batch."""
@@ -268,22 +319,16 @@ class RomaMatcher(DenseMatcher):
             return []
         q_coarse, q_fine = self.decoder_inputs(query)
         c_inputs = [self.decoder_inputs(c) for c in candidates]
-        decoder = self._decoder
-        hs, ws = self.coarse_hw
-        f_q, f_c = self._pair_pyramids(q_coarse, [c for c, _ in c_inputs])
-        with dense_correlation_in_romatch():
-            corresps = decoder(f_q, f_c, upsample=False, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
-            low_res_logits = corresps[16]["certainty"]
-            if self.fine_hw:
-                hs, ws = self.fine_hw
-                f_q, f_c = self._pair_pyramids(q_fine, [f for _, f in c_inputs])
-                corresps = decoder(
-                    f_q, f_c, upsample=True, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1]
-                )
-        logits = corresps[1]["certainty"]
-        if self.model.attenuate_cert:
-            logits = logits - attenuation(low_res_logits, hs, ws)
-        return self._to_warps(corresps[1]["flow"], logits, hs, ws, len(candidates))
+        passes = ("coarse", "fine") if self.fine_hw else ("coarse",)
+        query_p = dict(zip(passes, (q_coarse, q_fine)))
+        cands_p = [dict(zip(passes, c)) for c in c_inputs]
+        if self._graphed is not None:
+            f_q, f_c = self._pair_pyramids({16: q_coarse[16]}, [{16: c[16]} for c, _ in c_inputs])
+            flow, logits = self._graphed(query_p, cands_p, self._gp(f_q[16], f_c[16]))
+        else:
+            flow, logits = self._decode_pairs(lambda p: self._pair_pyramids(query_p[p], [c[p] for c in cands_p]))
+        hs, ws = self.fine_hw or self.coarse_hw
+        return self._to_warps(flow, logits, hs, ws, len(candidates))
 
     def _to_warps(
         self, flow: torch.Tensor, logits: torch.Tensor, hs: int, ws: int, n: int
