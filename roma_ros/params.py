@@ -59,6 +59,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
+    ParamSpec("ransac.max_points", 5000, "fit F on at most this many evenly spread matches, then count inliers "
+              "on all of them (faster; counts within bench/verify_samples.py's bounds); 0 = fit on all", live=True),
 )
 SPECS = {p.name: p for p in PARAMS}
 
@@ -91,7 +93,7 @@ def decision_config(values: dict[str, Any]) -> DecisionConfig:
         method=values["ransac.method"], threshold=float(values["ransac.threshold"]),
         confidence=float(values["ransac.confidence"]), max_iters=int(values["ransac.max_iters"]),
         min_inliers=int(values["min_inliers"]), min_overlap=float(values["min_overlap"]),
-        top_k=int(values["top_k"]),
+        top_k=int(values["top_k"]), max_points=int(values["ransac.max_points"]),
     )
     config.validate()
     return config
