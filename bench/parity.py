@@ -1,8 +1,10 @@
 """Our encode-once / batched decode against romatch's match() on the same weights and images.
 
 Prints the largest warp and certainty differences at full precision and at the
-device's mixed precision (on CPU both are fp32). The test suite asserts the fp32
-case at small resolution; this script shows it at real resolutions and on GPUs.
+device's mixed precision (on CPU both are fp32), with the shipped decode levers on
+(folded BatchNorm; on a GPU, CUDA-graph replay). On a GPU it also compares the graphs
+with the eager decode for three candidates (padded to a bucket of 4). The test suite
+asserts the fp32 case at small resolution; this script shows it at real resolutions.
 
     python3 bench/parity.py [--device auto] [--coarse 560] [--upsample 864]
 """
@@ -15,6 +17,7 @@ from PIL import Image
 
 from roma_ros.matching.base import MatcherConfig
 from roma_ros.matching.device import resolve_device
+from roma_ros.matching.fast_decode import DecodeOptions
 from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it
 from roma_ros.testdata import make_pair
 
@@ -43,6 +46,14 @@ def main() -> None:
         dc = (ours.certainty.float() - cert[0].float()).abs()
         print(f"{device} {dtype:>8}: warp max {dw.max():.2e} mean {dw.mean():.2e}; "
               f"certainty max {dc.max():.2e} mean {dc.mean():.2e}")
+        if matcher._graphed is not None:
+            eager = RomaMatcher(matcher.config, model=matcher.model, options=DecodeOptions(cuda_graphs=False))
+            graphed = matcher.decode(q, [c, q, c])
+            for i, (g, e) in enumerate(zip(graphed, eager.decode(q, [c, q, c]))):
+                print(f"   graphs vs eager, K=3 (bucket 4), pair {i}: warp max {(g.warp - e.warp).abs().max():.2e}, "
+                      f"certainty max {(g.certainty - e.certainty).abs().max():.2e}"
+                      + (f"  [graphs failed: {matcher._graphed.failed}]" if matcher._graphed.failed else ""))
+            del eager, graphed
         del matcher, q, c, ours, warp, cert
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
