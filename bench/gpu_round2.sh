@@ -25,12 +25,15 @@ step() { echo "== $1 (t=${SECONDS}s)"; }
   PYTHONPATH=$fused python3 -c "from roma_ros.matching.roma import has_fused_correlation as h; print('with the kernel folder:', h())"
   step "bench/parity.py (560/864)"
   PYTHONPATH=$fused timeout 150 python3 bench/parity.py --device cuda
-  step "bench/correlation.py"
-  PYTHONPATH=$fused timeout 90 python3 bench/correlation.py --device cuda
+  if [ -z "${SKIP_CORRELATION:-}" ]; then
+    step "bench/correlation.py"
+    PYTHONPATH=$fused timeout 90 python3 bench/correlation.py --device cuda
+  fi
   step "bench/speed.py --vs-romatch, K=8, 560, no upsampling"
-  PYTHONPATH=$fused timeout 240 python3 bench/speed.py --device cuda --vs-romatch --ks 8 --upsample 0 ${VARIANTS_560:+--variants $VARIANTS_560}
+  PYTHONPATH=$fused timeout 240 python3 bench/speed.py --device cuda --vs-romatch --ks 8 --upsample 0 --profile \
+    ${VARIANTS_560:+--variants $VARIANTS_560}
   step "bench/speed.py --vs-romatch, K=8, 560/864"
   PYTHONPATH=$fused timeout 200 python3 bench/speed.py --device cuda --vs-romatch --ks 8 --upsample 864 --repeat 3 \
-    --variants "${VARIANTS_864:-none,all-graphs,all}"
+    --variants "${VARIANTS_864:-none,all-graphs,all-batch_vgg,all}"
   step "done"
 } 2>&1 | grep --line-buffered -v -E "UserWarning|warnings.warn|INFO|_warn_once" | tee "$log"

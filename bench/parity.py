@@ -22,6 +22,13 @@ from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it
 from roma_ros.testdata import make_pair
 
 
+def off(dw: torch.Tensor) -> str:
+    """Share of warp entries off by more than 1e-3. With random weights the coarse classifier
+    is nearly flat, so rounding differences (another GEMM kernel for another batch size) can
+    move its argmax: a few coarse cells then jump, which the max shows and this share bounds."""
+    return f"{(dw > 1e-3).float().mean().item():.1e} of warp entries off by > 1e-3"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -45,14 +52,16 @@ def main() -> None:
         dw = (ours.warp.float() - warp[0].float()).abs()
         dc = (ours.certainty.float() - cert[0].float()).abs()
         print(f"{device} {dtype:>8}: warp max {dw.max():.2e} mean {dw.mean():.2e}; "
-              f"certainty max {dc.max():.2e} mean {dc.mean():.2e}")
+              f"certainty max {dc.max():.2e} mean {dc.mean():.2e}; {off(dw)}")
         if matcher._graphed is not None:
             eager = RomaMatcher(matcher.config, model=matcher.model, options=DecodeOptions(cuda_graphs=False))
-            graphed = matcher.decode(q, [c, q, c])
-            for i, (g, e) in enumerate(zip(graphed, eager.decode(q, [c, q, c]))):
-                print(f"   graphs vs eager, K=3 (bucket 4), pair {i}: warp max {(g.warp - e.warp).abs().max():.2e}, "
-                      f"certainty max {(g.certainty - e.certainty).abs().max():.2e}"
-                      + (f"  [graphs failed: {matcher._graphed.failed}]" if matcher._graphed.failed else ""))
+            for cands in ([c, q, c], [c, q, c, q]):
+                graphed = matcher.decode(q, cands)
+                for i, (g, e) in enumerate(zip(graphed, eager.decode(q, cands))):
+                    dw = (g.warp - e.warp).abs()
+                    print(f"   graphs vs eager, K={len(cands)} (bucket 4), pair {i}: warp max {dw.max():.2e}, "
+                          f"certainty max {(g.certainty - e.certainty).abs().max():.2e}; {off(dw)}"
+                          + (f"  [graphs failed: {matcher._graphed.failed}]" if matcher._graphed.failed else ""))
             del eager, graphed
         del matcher, q, c, ours, warp, cert
         if device.startswith("cuda"):

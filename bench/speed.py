@@ -25,6 +25,7 @@ import gc
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,21 +151,38 @@ VARIANTS = {
     "+max_points": (DecodeOptions(fold_batchnorm=False, cuda_graphs=False), 5000),
     "all": (DecodeOptions(), 5000),
     "all-graphs": (DecodeOptions(cuda_graphs=False), 5000),
-    "all-graphs+fused": (DecodeOptions(cuda_graphs=False, prefer_fused=True), 5000),
+    "all-batch_vgg": (DecodeOptions(batch_vgg=False), 5000),
+    "all-graphs-kernel": (DecodeOptions(cuda_graphs=False), 5000),  # the fused kernel switched off
+    "all+keep_vgg": (DecodeOptions(), 5000),  # keep_vgg: keyframes' decoder inputs kept (grows with K)
 }
 
 
-def peaks(fn, device: str) -> tuple[float, float]:
-    """Peak GPU memory of one call, allocated and reserved, in GiB: totals (weights, cached
-    features and CUDA-graph pools included), not the growth over the start."""
+def peaks(fn, device: str) -> tuple[float, float, float]:
+    """GPU memory of one call in GiB, totals rather than growth over the start: peak allocated
+    (tensors; a CUDA graph's replay allocates nothing, so its working memory is not in it),
+    peak reserved (all the allocator holds, caching included), and what stays reserved after
+    emptying the cache (weights, keyframe features, graph pools and buffers)."""
     if not device.startswith("cuda"):
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     fn()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+    allocated, reserved = torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+    gc.collect()
+    torch.cuda.empty_cache()
+    return allocated, reserved, torch.cuda.memory_reserved() / 2**30
+
+
+def profiled(fn) -> None:
+    """torch.profiler's top GPU operators for one call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
 
 
 def set_fused(model, on: bool) -> None:
@@ -225,25 +243,31 @@ def vs_romatch(args, device: str) -> None:
     for name, seconds in peer.items():
         if not name.startswith("peak"):
             print(f"romatch {name:<28} {1000 * seconds:>8.1f} ms/query {k / seconds:>6.1f} pairs/s")
-    for name, (allocated, reserved) in ((n, v) for n, v in peer.items() if n.startswith("peak")):
-        print(f"romatch {name:<28} allocated {allocated:.2f} GiB, reserved {reserved:.2f} GiB")
+    for name, (allocated, reserved, held) in ((n, v) for n, v in peer.items() if n.startswith("peak")):
+        print(f"romatch {name:<28} allocated {allocated:.2f} GiB, reserved {reserved:.2f} GiB, held {held:.2f} GiB")
     print(f"{'roma_ros variant':<18} {'K':>3} {'ms/query':>9} {'encode':>7} {'match':>7} {'verify':>7} {'pairs/s':>8} "
-          f"{'alloc GiB':>9} {'resv GiB':>9} {'inliers':>8} {'vs none':>8} {'vs romatch match':>17}")
+          f"{'alloc GiB':>9} {'resv GiB':>9} {'held GiB':>9} {'inliers':>8} {'vs none':>8} {'vs romatch match':>17}")
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     baseline = None
     for name, count in [(n, k) for n in names] + [("all", 2 * k)]:
         options, max_points = VARIANTS[name]
-        matcher = RomaMatcher(config, model=model, options=options)
+        matcher = RomaMatcher(replace(config, keep_vgg=name.endswith("keep_vgg")), model=model, options=options)
+        if name.endswith("-kernel"):
+            for refiner in matcher._refiners:
+                refiner.use_custom_corr = False
         reloc = Relocalizer(matcher, DecisionConfig(top_k=0, max_points=max_points))
         reloc.set_keyframes(keyframes[:count])
         reloc.process(query)  # warm-up (captures the CUDA graphs)
         seconds, _, last = timed(lambda: reloc.process(query), device, args.repeat)
-        allocated, reserved = peaks(lambda: reloc.process(query), device)
+        allocated, reserved, held = peaks(lambda: reloc.process(query), device)
+        if args.profile and name == "all" and count == k and device.startswith("cuda"):
+            profiled(lambda: reloc.process(query))
         baseline = baseline or seconds
         t = {key: 1000 * v for key, v in last.timings.items()}
         inliers = sum(c.inliers for c in last.candidates)
         print(f"{name:<18} {count:>3} {1000 * seconds:>9.1f} {t['encode']:>7.1f} {t['match']:>7.1f} {t['verify']:>7.1f} "
-              f"{count / seconds:>8.1f} {allocated:>9.2f} {reserved:>9.2f} {inliers:>8} {baseline / seconds:>7.2f}x "
+              f"{count / seconds:>8.1f} {allocated:>9.2f} {reserved:>9.2f} {held:>9.2f} {inliers:>8} "
+              f"{baseline / seconds:>7.2f}x "
               f"{reference * count / k / seconds:>16.2f}x")
         if matcher._graphed is not None and matcher._graphed.failed:
             print(f"   (graphs failed: {matcher._graphed.failed})")
@@ -266,6 +290,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="default: 5 on GPU, 1 on CPU")
     parser.add_argument("--gpu-table", action="store_true")
     parser.add_argument("--vs-romatch", action="store_true", help="levers on/off against romatch's batched match()")
+    parser.add_argument("--profile", action="store_true", help="with --vs-romatch, profile the 'all' variant")
     parser.add_argument("--variants", default="", help=f"with --vs-romatch, comma-separated of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -78,3 +78,20 @@ def test_unfolded_option_keeps_romatch_refiners(roma_model):
     folded = RomaMatcher(roma_config(), model=roma_model)
     assert all(isinstance(r.block1[1], nn.Identity) for r in folded._refiners)
     assert all(isinstance(r.block1[1], nn.BatchNorm2d) for r in roma_model.decoder.conv_refiner.values())
+
+
+def test_batched_vgg_gives_each_image_its_own_decoder_inputs(roma_model):
+    import cv2
+
+    images = [cv2.resize(load_photo(name), (120, 100)) for name in ("astronaut", "coffee", "chelsea")]
+    matcher = RomaMatcher(roma_config(upsample_res=TEST_UPSAMPLE), model=roma_model)
+    prepared = [matcher.prepare(x) for x in images]
+    one_by_one = matcher.decoder_inputs_many(prepared)
+    matcher.batch_vgg = True  # what a GPU does
+    batched = matcher.decoder_inputs_many(prepared)
+    for (coarse, fine), (coarse_b, fine_b) in zip(one_by_one, batched):
+        for scale in coarse:
+            torch.testing.assert_close(coarse_b[scale], coarse[scale], atol=1e-4, rtol=1e-4)
+        for scale in fine:
+            torch.testing.assert_close(fine_b[scale], fine[scale], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batched[0][0][1], batched[1][0][1])  # images differ: no mix-up possible

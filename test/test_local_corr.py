@@ -66,6 +66,19 @@ def test_large_images_fall_back_to_romatch(monkeypatch):
     assert calls == [f0.shape]
 
 
+def test_fused_kernel_takes_large_maps_where_the_refiner_allows_it(monkeypatch):
+    assert not local_corr.use_fused(40, 40, 7, torch.float32)  # RoMa's 1/16 refiner: dense is 6x faster
+    assert local_corr.use_fused(140, 140, 2, torch.bfloat16) and not local_corr.use_fused(108, 108, 3, torch.bfloat16)
+    calls = []
+    monkeypatch.setattr(local_corr, "romatch_local_correlation", lambda *a, **k: calls.append(k["use_custom_corr"]))
+    monkeypatch.setattr(local_corr, "FUSED_MIN_PIXELS_PER_SAMPLE", 4)  # 64 pixels > 4 x 9: the kernel's size
+    f0, f1, warp = inputs(1, 4, 8, 8)
+    local_corr.local_correlation(f0, f1, 1, warp, use_custom_corr=True)
+    assert calls == [True]
+    local_corr.local_correlation(f0, f1, 1, warp, use_custom_corr=False)  # kernel not installed: ours
+    assert calls == [True]
+
+
 def test_romatch_is_restored_after_decoding():
     from romatch.models import matcher
 

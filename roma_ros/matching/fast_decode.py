@@ -34,9 +34,7 @@ class DecodeOptions:
 
     fold_batchnorm: bool = True
     cuda_graphs: bool = True  # CUDA only; the CPU runs the decoder as it is
-    # Use the fused local-correlation kernel (when installed) at every refiner instead of
-    # our dense correlation where that is cheaper; fp32 only, and never inside a graph.
-    prefer_fused: bool = False
+    batch_vgg: bool = True  # CUDA only: the candidates' VGG pyramids in one batch, not one call each
 
 
 # ------------------------------------------------------------------ BatchNorm folding
@@ -103,15 +101,17 @@ class SyncFreeGP(nn.Module):
         return ((cosine - 1.0) / self.temperature).exp()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, **_) -> torch.Tensor:
+        # Same layouts as romatch's (b d h w -> b (h w) d and back): other strides would pick
+        # other GEMM kernels, and with random weights the coarse argmax flips on such rounding.
         b, _, h1, w1 = x.shape
         f = self.gp.get_pos_enc(y)
         d = f.shape[1]
-        x, y, f = (t.float().flatten(2).transpose(1, 2) for t in (x, y, f))
+        x, y, f = (t.permute(0, 2, 3, 1).reshape(b, -1, t.shape[1]) for t in (x.float(), y.float(), f))
         k_yy = self._kernel(y, y)
-        noise = self.gp.sigma_noise * torch.eye(k_yy.shape[-1], device=k_yy.device)
+        noise = self.gp.sigma_noise * torch.eye(k_yy.shape[-1], device=k_yy.device)[None]
         chol, _ = torch.linalg.cholesky_ex(k_yy + noise)
-        posterior = self._kernel(x, y) @ torch.cholesky_solve(f.contiguous(), chol, upper=False)
-        return posterior.transpose(1, 2).reshape(b, d, h1, w1)
+        posterior = self._kernel(x, y) @ torch.cholesky_solve(f, chol, upper=False)
+        return posterior.reshape(b, h1, w1, d).permute(0, 3, 1, 2)
 
 
 class Precomputed(nn.Module):

@@ -198,6 +198,8 @@ class RomaMatcher(DenseMatcher):
         self._decoder_given_gp = decoder_view(self._decoder, gps=nn.ModuleDict({"16": self._posterior}))
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
+        # One VGG batch pays on a GPU (launches); the CPU keeps per-image calls (same kernels as before).
+        self.batch_vgg = self.options.batch_vgg and self.device.startswith("cuda")
         self._graphed = None
         if self.options.cuda_graphs and self.device.startswith("cuda"):
             self._graphed = self.graphed_decode(capture=True)
@@ -299,7 +301,7 @@ class RomaMatcher(DenseMatcher):
             self._posterior.value = posterior
             decoder = self._decoder_given_gp
         hs, ws = self.coarse_hw
-        with dense_correlation_in_romatch(self.options.prefer_fused):
+        with dense_correlation_in_romatch():
             corresps = decoder(*pairs("coarse"), upsample=False,
                                scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
             low_res_logits = corresps[16]["certainty"]
@@ -313,12 +315,30 @@ class RomaMatcher(DenseMatcher):
         return corresps[1]["flow"], logits
 
     @torch.inference_mode()
+    def decoder_inputs_many(self, encoded: Sequence[EncodedImage]) -> list[tuple[dict, dict | None]]:
+        """``decoder_inputs`` of several images; on a GPU (``batch_vgg``) the VGG pyramids and
+        projections of those not kept run as one batch instead of one launch sequence each."""
+        out = [e.ready for e in encoded]
+        todo = [i for i, e in enumerate(encoded) if e.ready is None]
+        if len(todo) < 2 or not self.batch_vgg:
+            return [self.decoder_inputs(e) for e in encoded]
+        rgbs = [encoded[i].rgb for i in todo]
+        cnn = self.model.encoder.cnn
+        coarse = self._project({**cnn(torch.cat([self.model_input(x, self.coarse_hw) for x in rgbs])),
+                                16: torch.cat([encoded[i].coarse[16] for i in todo])})
+        fine = self._project(cnn(torch.cat([self.model_input(x, self.fine_hw) for x in rgbs]))) if self.fine_hw else None
+        for j, i in enumerate(todo):
+            out[i] = ({s: t[j:j + 1] for s, t in coarse.items()},
+                      None if fine is None else {s: t[j:j + 1] for s, t in fine.items()})
+        return out
+
+    @torch.inference_mode()
     def decode(self, query: EncodedImage, candidates: list[EncodedImage]) -> list[DenseWarp]:
         """Dense warps of ``query`` against each candidate, decoded as one batch."""
         if not candidates:
             return []
         q_coarse, q_fine = self.decoder_inputs(query)
-        c_inputs = [self.decoder_inputs(c) for c in candidates]
+        c_inputs = self.decoder_inputs_many(candidates)
         passes = ("coarse", "fine") if self.fine_hw else ("coarse",)
         query_p = dict(zip(passes, (q_coarse, q_fine)))
         cands_p = [dict(zip(passes, c)) for c in c_inputs]
@@ -426,8 +446,9 @@ class RomaMatcher(DenseMatcher):
         step = self.config.batch_size
         for start in range(0, len(candidates), step):
             chunk = list(candidates[start:start + step])
-            for dense, cand in zip(self.decode(query, chunk), chunk):
-                results.append(self.sample(dense, out_q, self.output_hw(cand.size)))
+            warps = self.decode(query, chunk)
+            results.extend(self.sample(dense, out_q, self.output_hw(cand.size)) for dense, cand in zip(warps, chunk))
+            del warps  # a batch's warps go before the next is decoded: memory stays one batch's
         return results
 
     def match_many(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
