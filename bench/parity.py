@@ -2,8 +2,8 @@
 
 Prints the largest warp and certainty differences at full precision and at the
 device's mixed precision (on CPU both are fp32), with the shipped decode levers on
-(folded BatchNorm; on a GPU, CUDA-graph replay). On a GPU it also compares the graphs
-with the eager decode for three candidates (padded to a bucket of 4). The test suite
+(folded BatchNorm, the fused kernel where it wins). On a GPU it also compares CUDA-graph
+replay with the eager decode for three candidates (padded to a bucket of 4) and four. The test suite
 asserts the fp32 case at small resolution; this script shows it at real resolutions.
 
     python3 bench/parity.py [--device auto] [--coarse 560] [--upsample 864]
@@ -53,16 +53,16 @@ def main() -> None:
         dc = (ours.certainty.float() - cert[0].float()).abs()
         print(f"{device} {dtype:>8}: warp max {dw.max():.2e} mean {dw.mean():.2e}; "
               f"certainty max {dc.max():.2e} mean {dc.mean():.2e}; {off(dw)}")
-        if matcher._graphed is not None:
-            eager = RomaMatcher(matcher.config, model=matcher.model, options=DecodeOptions(cuda_graphs=False))
+        if device.startswith("cuda"):
+            graphs = RomaMatcher(matcher.config, model=matcher.model, options=DecodeOptions(cuda_graphs=True))
             for cands in ([c, q, c], [c, q, c, q]):
-                graphed = matcher.decode(q, cands)
-                for i, (g, e) in enumerate(zip(graphed, eager.decode(q, cands))):
+                graphed = graphs.decode(q, cands)
+                for i, (g, e) in enumerate(zip(graphed, matcher.decode(q, cands))):
                     dw = (g.warp - e.warp).abs()
                     print(f"   graphs vs eager, K={len(cands)} (bucket 4), pair {i}: warp max {dw.max():.2e}, "
                           f"certainty max {(g.certainty - e.certainty).abs().max():.2e}; {off(dw)}"
-                          + (f"  [graphs failed: {matcher._graphed.failed}]" if matcher._graphed.failed else ""))
-            del eager, graphed
+                          + (f"  [graphs failed: {graphs._graphed.failed}]" if graphs._graphed.failed else ""))
+            del graphs, graphed
         del matcher, q, c, ours, warp, cert
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

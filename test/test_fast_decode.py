@@ -1,5 +1,5 @@
-"""Decode levers: BatchNorm folding, the sync-free GP and the bucketed (graph) decode
-must leave RoMa's results where romatch's own modules put them."""
+"""Decode levers: BatchNorm folding, batched VGG and the bucketed (graph) decode must
+leave RoMa's results where romatch's own modules put them."""
 from __future__ import annotations
 
 import pytest

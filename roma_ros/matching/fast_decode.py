@@ -2,14 +2,14 @@
 
 - ``folded_refiners``: each refiner block's BatchNorm folded into the convolution before
   it (eval mode: the norm is a fixed per-channel affine map), one kernel less per block.
-- ``SyncFreeGP``: the coarse Gaussian-process match without host syncs: ``cholesky_ex``
-  instead of ``cholesky`` (which copies its error flag to the host) and a Python-float
-  temperature (romatch makes a device tensor of it per call, a host-to-device copy).
 - ``GraphedDecode``: the decode replayed as one CUDA graph per batch bucket. A query
   decodes K candidates as ~3,000 small kernel launches; replaying a captured graph costs
   one. K is padded up to the bucket (1, 2, 4, ... up to the batch size); the padding rows
-  repeat the last real pair and are dropped. The GP's Cholesky factorization runs before
-  the replay, outside the graph: cuSOLVER/MAGMA may sync or allocate on their own.
+  repeat the last real pair and are dropped. romatch's coarse GP runs before the replay,
+  outside the graph: its Cholesky factorization syncs with the host (error flag) and it
+  copies its temperature to the device per call. Off by default: on an H200 it gained 5 %
+  at 560 but held 6 GiB more memory (the graph's private pool), and at 864 it was slower
+  (bench/results/gpu-h200-round2-run2.log).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ class DecodeOptions:
     """Switches for the decode levers (bench/speed.py measures each one on and off)."""
 
     fold_batchnorm: bool = True
-    cuda_graphs: bool = True  # CUDA only; the CPU runs the decoder as it is
-    batch_vgg: bool = True  # CUDA only: the candidates' VGG pyramids in one batch, not one call each
+    cuda_graphs: bool = False  # CUDA only; the CPU runs the decoder as it is
+    batch_vgg: bool = False  # CUDA only: the candidates' VGG pyramids in one batch, not one call each
 
 
 # ------------------------------------------------------------------ BatchNorm folding
@@ -84,36 +84,7 @@ def folded_refiners(refiners: nn.ModuleDict) -> nn.ModuleDict:
     return nn.ModuleDict(views)
 
 
-# ------------------------------------------------------------------ GP without syncs
-class SyncFreeGP(nn.Module):
-    """romatch's GP (cosine kernel, Fourier basis, no covariance) in eval mode, with no
-    device-to-host or host-to-device copies: the same posterior mean, K_xy K_yy^-1 f."""
-
-    def __init__(self, gp: nn.Module) -> None:
-        super().__init__()
-        if gp.K.learn_temperature or gp.basis != "fourier" or not gp.no_cov:
-            raise ValueError("SyncFreeGP covers RoMa's released GP only (fixed temperature, Fourier basis)")
-        self.gp = gp
-        self.temperature = float(gp.K.T)
-
-    def _kernel(self, x: torch.Tensor, y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        cosine = torch.einsum("bnd,bmd->bnm", x, y) / (x.norm(dim=-1)[..., None] * y.norm(dim=-1)[:, None] + eps)
-        return ((cosine - 1.0) / self.temperature).exp()
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, **_) -> torch.Tensor:
-        # Same layouts as romatch's (b d h w -> b (h w) d and back): other strides would pick
-        # other GEMM kernels, and with random weights the coarse argmax flips on such rounding.
-        b, _, h1, w1 = x.shape
-        f = self.gp.get_pos_enc(y)
-        d = f.shape[1]
-        x, y, f = (t.permute(0, 2, 3, 1).reshape(b, -1, t.shape[1]) for t in (x.float(), y.float(), f))
-        k_yy = self._kernel(y, y)
-        noise = self.gp.sigma_noise * torch.eye(k_yy.shape[-1], device=k_yy.device)[None]
-        chol, _ = torch.linalg.cholesky_ex(k_yy + noise)
-        posterior = self._kernel(x, y) @ torch.cholesky_solve(f, chol, upper=False)
-        return posterior.reshape(b, h1, w1, d).permute(0, 3, 1, 2)
-
-
+# ------------------------------------------------------------------ graph pieces
 class Precomputed(nn.Module):
     """Stands in for the GP inside a graph: returns the posterior computed before replay."""
 

@@ -34,8 +34,7 @@ from romatch.utils.utils import get_autocast_params
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.dense import DenseMatcher, DenseWarp
 from roma_ros.matching.device import amp_dtype
-from roma_ros.matching.fast_decode import (DecodeOptions, GraphedDecode, Precomputed, SyncFreeGP, attributes_set,
-                                           folded_refiners)
+from roma_ros.matching.fast_decode import DecodeOptions, GraphedDecode, Precomputed, attributes_set, folded_refiners
 from roma_ros.matching.local_corr import dense_correlation_in_romatch
 from roma_ros.matching.weights import checkpoints_for, load_checkpoints
 
@@ -191,9 +190,7 @@ class RomaMatcher(DenseMatcher):
         decoder = self.model.decoder
         refiners = folded_refiners(decoder.conv_refiner) if self.options.fold_batchnorm else decoder.conv_refiner
         self._refiners = list(refiners.values())
-        self._gp = SyncFreeGP(decoder.gps["16"])
-        self._decoder = decoder_view(decoder, proj=nn.ModuleDict(), conv_refiner=refiners,
-                                     gps=nn.ModuleDict({"16": self._gp}))
+        self._decoder = decoder_view(decoder, proj=nn.ModuleDict(), conv_refiner=refiners)
         self._posterior = Precomputed()
         self._decoder_given_gp = decoder_view(self._decoder, gps=nn.ModuleDict({"16": self._posterior}))
         self.coarse_hw = (config.coarse_res, config.coarse_res)
@@ -344,7 +341,7 @@ class RomaMatcher(DenseMatcher):
         cands_p = [dict(zip(passes, c)) for c in c_inputs]
         if self._graphed is not None:
             f_q, f_c = self._pair_pyramids({16: q_coarse[16]}, [{16: c[16]} for c, _ in c_inputs])
-            flow, logits = self._graphed(query_p, cands_p, self._gp(f_q[16], f_c[16]))
+            flow, logits = self._graphed(query_p, cands_p, self.model.decoder.gps["16"](f_q[16], f_c[16]))
         else:
             flow, logits = self._decode_pairs(lambda p: self._pair_pyramids(query_p[p], [c[p] for c in cands_p]))
         hs, ws = self.fine_hw or self.coarse_hw
