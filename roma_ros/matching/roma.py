@@ -177,7 +177,8 @@ def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
 
 
 class RomaMatcher(DenseMatcher):
-    """RoMa outdoor/indoor behind the matcher interface, plus encode/decode for reuse."""
+    """RoMa outdoor/indoor behind the matcher interface, plus encode/decode for reuse.
+    ``options`` switches the decode levers (fast_decode.DecodeOptions; benchmarks and tests)."""
 
     def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None,
                  options: DecodeOptions | None = None) -> None:
@@ -195,7 +196,7 @@ class RomaMatcher(DenseMatcher):
         self._decoder_given_gp = decoder_view(self._decoder, gps=nn.ModuleDict({"16": self._posterior}))
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
-        # One VGG batch pays on a GPU (launches); the CPU keeps per-image calls (same kernels as before).
+        # GPU only, off by default (not shown to pay, README "Performance"); the CPU keeps per-image calls.
         self.batch_vgg = self.options.batch_vgg and self.device.startswith("cuda")
         self._graphed = None
         if self.options.cuda_graphs and self.device.startswith("cuda"):
