@@ -245,8 +245,9 @@ def vs_romatch(args, device: str) -> None:
           f"K={k}, coarse {args.coarse}, upsample {args.upsample or 'off'}, "
           f"precision {str(model.encoder.amp_dtype).replace('torch.', '')}, symmetric {not args.one_way}, "
           f"batch {args.batch_size}, random weights, median of {args.repeat}")
-    peer = romatch_peer(args, device, model, RomaMatcher(config, model=model), query, keyframes[:k])
-    reference = peer.get("match (fused)", peer["match (no fused)"])
+    peer = {} if args.no_peer else romatch_peer(args, device, model, RomaMatcher(config, model=model), query,
+                                                keyframes[:k])
+    reference = peer.get("match (fused)", peer.get("match (no fused)", float("nan")))
     for name, seconds in peer.items():
         if not name.startswith("peak"):
             print(f"romatch {name:<28} {1000 * seconds:>8.1f} ms/query {k / seconds:>6.1f} pairs/s")
@@ -297,6 +298,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="default: 5 on GPU, 1 on CPU")
     parser.add_argument("--gpu-table", action="store_true")
     parser.add_argument("--vs-romatch", action="store_true", help="levers on/off against romatch's batched match()")
+    parser.add_argument("--no-peer", action="store_true", help="with --vs-romatch, leave romatch out (CPU A/B runs)")
     parser.add_argument("--profile", action="store_true", help="with --vs-romatch, profile the 'default' variant")
     parser.add_argument("--variants", default="", help=f"with --vs-romatch, comma-separated of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
