@@ -8,16 +8,24 @@ Same random weights, same images, one process; timings are medians of --repeat r
 after a warm-up, printed with ratios. Random weights run the same arithmetic as real
 ones, so times and memory carry over; the match counts do not.
 
+With --vs-romatch: the GPU user's alternative, romatch's batched ``match()`` on the K
+pairs (with and without RoMa's fused local-correlation kernel when it imports), alone and
+with romatch ``sample()`` and the F check per pair, against ``Relocalizer.process`` with
+each decode lever switched off and on (fast_decode.DecodeOptions, ransac.max_points).
+
     .venv/bin/python bench/speed.py                      # CPU: coarse 280, no upsampling
     python3 bench/speed.py --coarse 560 --upsample 864   # GPU: RoMa's defaults
     python3 bench/speed.py --gpu-table                   # GPU: resolution x precision table
+    python3 bench/speed.py --vs-romatch --ks 8 --upsample 0   # GPU: levers and romatch's batched match()
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +39,8 @@ from roma_ros.geometry import verify_fundamental  # noqa: E402
 from roma_ros.keyframes import Keyframe  # noqa: E402
 from roma_ros.matching.base import MatcherConfig  # noqa: E402
 from roma_ros.matching.device import resolve_device  # noqa: E402
-from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it, build_roma  # noqa: E402
+from roma_ros.matching.fast_decode import DecodeOptions  # noqa: E402
+from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it, build_roma, has_fused_correlation  # noqa: E402
 from roma_ros.matching.sampling import normalized_to_pixels  # noqa: E402
 from roma_ros.pipeline import DecisionConfig, Relocalizer  # noqa: E402
 from roma_ros.testdata import PHOTO_NAMES, make_pair  # noqa: E402
@@ -134,6 +143,149 @@ def gpu_table(args, device: str) -> None:
         torch.cuda.empty_cache()
 
 
+# name -> (decode options, ransac.max_points). "default" is what ships (BatchNorm folding,
+# max_points 5000, the fused kernel where it wins); "all" adds CUDA graphs and batched VGG.
+# Explicit options, so logs stay reproducible when defaults change.
+FOLD, GRAPHS, BATCH = (DecodeOptions(fold_batchnorm=f, cuda_graphs=g, batch_vgg=b) for f, g, b in
+                       ((True, False, False), (False, True, False), (False, False, True)))
+VARIANTS = {
+    "none": (DecodeOptions(fold_batchnorm=False, cuda_graphs=False, batch_vgg=False), 0),
+    "+fold": (FOLD, 0),
+    "+graphs": (GRAPHS, 0),
+    "+max_points": (DecodeOptions(fold_batchnorm=False, cuda_graphs=False, batch_vgg=False), 5000),
+    "default": (FOLD, 5000),
+    "all": (DecodeOptions(fold_batchnorm=True, cuda_graphs=True, batch_vgg=True), 5000),
+    "all-graphs": (DecodeOptions(fold_batchnorm=True, cuda_graphs=False, batch_vgg=True), 5000),
+    "all-batch_vgg": (DecodeOptions(fold_batchnorm=True, cuda_graphs=True, batch_vgg=False), 5000),
+    "all-graphs-kernel": (DecodeOptions(fold_batchnorm=True, cuda_graphs=False, batch_vgg=True), 5000),  # no kernel
+    "all+keep_vgg": (DecodeOptions(fold_batchnorm=True, cuda_graphs=True, batch_vgg=True), 5000),  # + keep_vgg
+    "default+keep_vgg": (FOLD, 5000),
+}
+del GRAPHS, BATCH
+
+
+def peaks(fn, device: str) -> tuple[float, float, float]:
+    """GPU memory of one call in GiB, totals rather than growth over the start: peak allocated
+    (tensors; a CUDA graph's replay allocates nothing, so its working memory is not in it),
+    peak reserved (all the allocator holds, caching included), and what stays reserved after
+    emptying the cache (weights, keyframe features, graph pools and buffers)."""
+    if not device.startswith("cuda"):
+        return float("nan"), float("nan"), float("nan")
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    allocated, reserved = torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+    gc.collect()
+    torch.cuda.empty_cache()
+    return allocated, reserved, torch.cuda.memory_reserved() / 2**30
+
+
+def profiled(fn) -> None:
+    """torch.profiler's top GPU operators for one call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
+
+
+def set_fused(model, on: bool) -> None:
+    """romatch's refiners call the fused kernel when this is set (romatch's default when installed)."""
+    for refiner in model.decoder.conv_refiner.values():
+        refiner.use_custom_corr = on
+
+
+def romatch_peer(args, device: str, model, matcher: RomaMatcher, query: np.ndarray,
+                 keyframes: list[Keyframe]) -> dict[str, float]:
+    """romatch's batched match() on the K pairs (normalized tensors at the model's sizes,
+    made outside the timing), then per pair sample() and the F check, as a GPU user writes it."""
+    k = len(keyframes)
+    a = matcher.model_input(query, matcher.coarse_hw).expand(k, -1, -1, -1).contiguous()
+    b = torch.cat([matcher.model_input(kf.image, matcher.coarse_hw) for kf in keyframes])
+    kw = {}
+    if matcher.fine_hw:
+        kw = dict(im_A_high_res=matcher.model_input(query, matcher.fine_hw).expand(k, -1, -1, -1).contiguous(),
+                  im_B_high_res=torch.cat([matcher.model_input(kf.image, matcher.fine_hw) for kf in keyframes]))
+
+    def full() -> int:
+        warp, certainty = model.match(a, b, **kw)
+        inliers = 0
+        for i, kf in enumerate(keyframes):
+            matches, _ = model.sample(warp[i], certainty[i], num=10000)
+            kq = normalized_to_pixels(matches[:, :2].float(), *query.shape[:2]).cpu().numpy()
+            kc = normalized_to_pixels(matches[:, 2:].float(), *kf.image.shape[:2]).cpu().numpy()
+            inliers += verify_fundamental(kq, kc).num_inliers
+        return inliers
+
+    results = {}
+    kernels = [False, True] if device.startswith("cuda") and has_fused_correlation() else [False]
+    with as_romatch_builds_it(model):
+        for fused in kernels:
+            set_fused(model, fused)
+            name = "fused" if fused else "no fused"
+            model.match(a, b, **kw)  # warm-up
+            results[f"match ({name})"], _, _ = timed(lambda: model.match(a, b, **kw), device, args.repeat)
+            results[f"match+sample+F ({name})"], _, _ = timed(full, device, args.repeat)
+            results[f"peak ({name})"] = peaks(lambda: model.match(a, b, **kw), device)
+    set_fused(model, kernels[-1])
+    return results
+
+
+def vs_romatch(args, device: str) -> None:
+    """Relocalizer.process with each lever off and on, against romatch's batched match()."""
+    k = max(int(v) for v in args.ks.split(","))
+    query, keyframes = scene(2 * k)
+    config = config_for(args, device, args.upsample, "auto")
+    model = build_roma(config, device)
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print(f"{gpu}, torch {torch.__version__}, fused kernel {'imports' if has_fused_correlation() else 'missing'}: "
+          f"K={k}, coarse {args.coarse}, upsample {args.upsample or 'off'}, "
+          f"precision {str(model.encoder.amp_dtype).replace('torch.', '')}, symmetric {not args.one_way}, "
+          f"batch {args.batch_size}, random weights, median of {args.repeat}")
+    peer = {} if args.no_peer else romatch_peer(args, device, model, RomaMatcher(config, model=model), query,
+                                                keyframes[:k])
+    reference = peer.get("match (fused)", peer.get("match (no fused)", float("nan")))
+    for name, seconds in peer.items():
+        if not name.startswith("peak"):
+            print(f"romatch {name:<28} {1000 * seconds:>8.1f} ms/query {k / seconds:>6.1f} pairs/s")
+    for name, (allocated, reserved, held) in ((n, v) for n, v in peer.items() if n.startswith("peak")):
+        print(f"romatch {name:<28} allocated {allocated:.2f} GiB, reserved {reserved:.2f} GiB, held {held:.2f} GiB")
+    print(f"{'roma_ros variant':<18} {'K':>3} {'ms/query':>9} {'encode':>7} {'match':>7} {'verify':>7} {'pairs/s':>8} "
+          f"{'alloc GiB':>9} {'resv GiB':>9} {'held GiB':>9} {'inliers':>8} {'vs none':>8} {'vs romatch match':>17}")
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    baseline = None
+    for name, count in [(n, k) for n in names] + [("default", 2 * k)]:
+        options, max_points = VARIANTS[name]
+        matcher = RomaMatcher(replace(config, keep_vgg=name.endswith("keep_vgg")), model=model, options=options)
+        if name.endswith("-kernel"):
+            for refiner in matcher._refiners:
+                refiner.use_custom_corr = False
+        reloc = Relocalizer(matcher, DecisionConfig(top_k=0, max_points=max_points))
+        reloc.set_keyframes(keyframes[:count])
+        reloc.process(query)  # warm-up (captures the CUDA graphs)
+        seconds, _, last = timed(lambda: reloc.process(query), device, args.repeat)
+        allocated, reserved, held = peaks(lambda: reloc.process(query), device)
+        if args.profile and name == "default" and count == k and device.startswith("cuda"):
+            profiled(lambda: reloc.process(query))
+        baseline = baseline or seconds
+        t = {key: 1000 * v for key, v in last.timings.items()}
+        inliers = sum(c.inliers for c in last.candidates)
+        print(f"{name:<18} {count:>3} {1000 * seconds:>9.1f} {t['encode']:>7.1f} {t['match']:>7.1f} {t['verify']:>7.1f} "
+              f"{count / seconds:>8.1f} {allocated:>9.2f} {reserved:>9.2f} {held:>9.2f} {inliers:>8} "
+              f"{baseline / seconds:>7.2f}x "
+              f"{reference * count / k / seconds:>16.2f}x")
+        if matcher._graphed is not None and matcher._graphed.failed:
+            print(f"   (graphs failed: {matcher._graphed.failed})")
+        del reloc, matcher, last
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    print(f"(K={2 * k} row: peak memory must match the K={k} row: decoding is batched by {args.batch_size})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -145,6 +297,10 @@ def main() -> None:
     parser.add_argument("--keep-vgg", action="store_true", help="keep keyframes' decoder inputs in memory")
     parser.add_argument("--repeat", type=int, default=None, help="default: 5 on GPU, 1 on CPU")
     parser.add_argument("--gpu-table", action="store_true")
+    parser.add_argument("--vs-romatch", action="store_true", help="levers on/off against romatch's batched match()")
+    parser.add_argument("--no-peer", action="store_true", help="with --vs-romatch, leave romatch out (CPU A/B runs)")
+    parser.add_argument("--profile", action="store_true", help="with --vs-romatch, profile the 'default' variant")
+    parser.add_argument("--variants", default="", help=f"with --vs-romatch, comma-separated of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
     device = resolve_device(args.device)
     gpu = device.startswith("cuda")
@@ -155,6 +311,8 @@ def main() -> None:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     if args.gpu_table:
         gpu_table(args, device)
+    elif args.vs_romatch:
+        vs_romatch(args, device)
     else:
         compare(args, device)
 

@@ -163,6 +163,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ransac.confidence", 0.999999, "RANSAC confidence, strictly between 0 and 1", live=True,
               above=0.0, below=1.0),
     ParamSpec("ransac.max_iters", 10000, "RANSAC iterations", live=True, minimum=1, maximum=1000000),
+    ParamSpec("ransac.max_points", 5000, "fit F on at most this many evenly spread matches, then count inliers "
+              "on all of them (faster; counts within bench/verify_samples.py's bounds); 0 = fit on all", live=True,
+              minimum=8, maximum=1000000, also=(0,)),
     ParamSpec("min_inliers", 50, "accept the best keyframe only with at least this many inliers; default 50, "
               "20 with model classical (calibrated)", live=True, minimum=0, model_defaults={CLASSICAL: 20}),
     ParamSpec("min_overlap", 0.0, "RoMa: accept only when the dense warp's mean certainty (overlap estimate) is at "
@@ -255,7 +258,7 @@ def decision_config(values: dict[str, Any]) -> DecisionConfig:
         method=values["ransac.method"], threshold=float(values["ransac.threshold"]),
         confidence=float(values["ransac.confidence"]), max_iters=int(values["ransac.max_iters"]),
         min_inliers=int(values["min_inliers"]), min_overlap=float(values["min_overlap"]),
-        top_k=int(values["top_k"]),
+        top_k=int(values["top_k"]), max_points=int(values["ransac.max_points"]),
     )
     config.validate()
     return config

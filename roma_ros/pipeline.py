@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from roma_ros.feature_cache import FeatureCache
-from roma_ros.geometry import Verification, check_ransac_config, verify_fundamental
+from roma_ros.geometry import Verification, check_ransac_config, verify_fundamental_subset
 from roma_ros.keyframes import Keyframe
 from roma_ros.matching.base import Matcher, Matches
 from roma_ros.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
@@ -33,6 +33,7 @@ class DecisionConfig:
     min_inliers: int = 50
     min_overlap: float = 0.0  # RoMa's mean certainty of the dense warp; 0 = not used
     top_k: int = 5  # keyframes verified per query, by global-descriptor similarity; 0 = all
+    max_points: int = 5000  # F fitted on at most this many matches, inliers counted on all; 0 = all
 
     def validate(self) -> None:
         check_ransac_config(self.method, self.threshold, self.confidence, self.max_iters)
@@ -42,6 +43,8 @@ class DecisionConfig:
             raise ValueError(f"min_overlap={self.min_overlap} must lie in [0, 1]")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = all keyframes)")
+        if self.max_points < 0 or 0 < self.max_points < 8:
+            raise ValueError(f"ransac.max_points={self.max_points} must be 0 (all) or at least 8")
 
 
 @dataclass
@@ -229,9 +232,9 @@ def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Ver
     tried it (bench/results/gpu-h200-run5-overlap.log)."""
 
     def verify(m: Matches) -> Verification:
-        return verify_fundamental(m.kpts_query, m.kpts_candidate, method=decision.method,
-                                  threshold=decision.threshold, confidence=decision.confidence,
-                                  max_iters=decision.max_iters)
+        return verify_fundamental_subset(m.kpts_query, m.kpts_candidate, decision.max_points, method=decision.method,
+                                         threshold=decision.threshold, confidence=decision.confidence,
+                                         max_iters=decision.max_iters)
 
     workers = min(len(all_matches), os.cpu_count() or 1)
     if workers <= 1:

@@ -66,6 +66,19 @@ def test_large_images_fall_back_to_romatch(monkeypatch):
     assert calls == [f0.shape]
 
 
+def test_fused_kernel_takes_large_maps_where_the_refiner_allows_it(monkeypatch):
+    assert not local_corr.use_fused(40, 40, 7, torch.float32)  # RoMa's 1/16 refiner: dense is 6x faster
+    assert local_corr.use_fused(140, 140, 2, torch.bfloat16) and not local_corr.use_fused(108, 108, 3, torch.bfloat16)
+    calls = []
+    monkeypatch.setattr(local_corr, "romatch_local_correlation", lambda *a, **k: calls.append(k["use_custom_corr"]))
+    monkeypatch.setattr(local_corr, "FUSED_MIN_PIXELS_PER_SAMPLE", 4)  # 64 pixels > 4 x 9: the kernel's size
+    f0, f1, warp = inputs(1, 4, 8, 8)
+    local_corr.local_correlation(f0, f1, 1, warp, use_custom_corr=True)
+    assert calls == [True]
+    local_corr.local_correlation(f0, f1, 1, warp, use_custom_corr=False)  # kernel not installed: ours
+    assert calls == [True]
+
+
 def test_romatch_is_restored_after_decoding():
     from romatch.models import matcher
 
@@ -74,3 +87,61 @@ def test_romatch_is_restored_after_decoding():
             assert matcher.local_correlation is local_corr.local_correlation
         assert matcher.local_correlation is local_corr.local_correlation
     assert matcher.local_correlation is romatch_local_correlation
+
+
+@pytest.fixture
+def kernel_path(tmp_path, monkeypatch):
+    """An empty folder first on sys.path, with any imported ``local_corr`` forgotten after."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "local_corr", raising=False)
+    yield tmp_path
+    sys.modules.pop("local_corr", None)
+    importlib.invalidate_caches()
+
+
+def fake_kernel_package(root, init: str, with_compiled: bool = True):
+    """The shape the ``fused-local-corr`` wheel installs: local_corr/__init__.py + _C<suffix>."""
+    import importlib
+    import importlib.machinery
+
+    package = root / "local_corr"
+    package.mkdir()
+    (package / "__init__.py").write_text(init)
+    if with_compiled:
+        (package / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"")
+    importlib.invalidate_caches()
+
+
+def test_fused_kernel_package_is_detected(kernel_path):
+    from roma_ros.matching.roma import has_fused_correlation
+
+    assert not has_fused_correlation()  # nothing installed here
+    fake_kernel_package(kernel_path, "def local_corr(*args, **kwargs):\n    return None\n")
+    assert has_fused_correlation()
+
+
+@pytest.mark.parametrize("init, with_compiled", [
+    ("def local_corr(*args, **kwargs):\n    return None\n", False),  # no compiled _C: not the kernel
+    ("raise ImportError('undefined symbol: built for another torch')\n", True),  # wheel for another torch
+    ("x = 1\n", True),  # no local_corr function for romatch to call
+])
+def test_broken_or_foreign_kernel_packages_are_rejected(kernel_path, init, with_compiled):
+    from roma_ros.matching.roma import has_fused_correlation
+
+    fake_kernel_package(kernel_path, init, with_compiled)
+    assert not has_fused_correlation()
+
+
+def test_a_stray_local_corr_script_is_neither_the_kernel_nor_run(kernel_path):
+    import importlib
+
+    from roma_ros.matching.roma import has_fused_correlation
+
+    marker = kernel_path / "ran"
+    (kernel_path / "local_corr.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef local_corr(): pass\n")
+    importlib.invalidate_caches()
+    assert not has_fused_correlation()
+    assert not marker.exists()

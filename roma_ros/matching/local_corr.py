@@ -29,6 +29,12 @@ from romatch.utils.local_correlation import local_correlation as romatch_local_c
 # at 784 K, 0.8x at 1866 K.
 DENSE_MAX_PIXELS_PER_SAMPLE = 256
 DENSE_MAX_PIXELS_PER_SAMPLE_HALF = 1024
+# RoMa's fused CUDA kernel (fp32 only; used when the refiner may) beats both above this.
+# Measured on an H200 (bench/results/gpu-h200-round2-run1.log), 16 pairs: fp32 1.2x at 100 K,
+# 2.8x at 238 K, dense 6x faster at 7 K; bf16 (dense on tensor cores) 1.4x at 784 K, 5.4x at
+# 1866 K, dense 3.3x faster at 238 K.
+FUSED_MIN_PIXELS_PER_SAMPLE = 64
+FUSED_MIN_PIXELS_PER_SAMPLE_HALF = 512
 # Correlation entries computed at once (fp32: 128 MB): bounds the memory the matrix costs.
 CHUNK_ELEMENTS = 2**25
 
@@ -38,6 +44,13 @@ def use_dense(h: int, w: int, radius: int, dtype: torch.dtype = torch.float32) -
     half = dtype in (torch.float16, torch.bfloat16)
     ratio = DENSE_MAX_PIXELS_PER_SAMPLE_HALF if half else DENSE_MAX_PIXELS_PER_SAMPLE
     return h * w <= ratio * (2 * radius + 1) ** 2
+
+
+def use_fused(h: int, w: int, radius: int, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether RoMa's fused kernel, when the refiner may use it, is the cheapest here."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    ratio = FUSED_MIN_PIXELS_PER_SAMPLE_HALF if half else FUSED_MIN_PIXELS_PER_SAMPLE
+    return h * w > ratio * (2 * radius + 1) ** 2
 
 
 def dense_local_correlation(feature0: torch.Tensor, feature1: torch.Tensor, radius: int,
@@ -80,8 +93,12 @@ def dense_local_correlation(feature0: torch.Tensor, feature1: torch.Tensor, radi
 def local_correlation(feature0: torch.Tensor, feature1: torch.Tensor, local_radius: int,
                       warp: torch.Tensor, *, use_custom_corr: bool, padding_mode: str = "zeros",
                       sample_mode: str = "bilinear") -> torch.Tensor:
-    """Drop-in for romatch's ``local_correlation``: dense where it pays, romatch's otherwise."""
+    """Drop-in for romatch's ``local_correlation``: the fused kernel where the refiner may use
+    it and it wins, dense where that pays, romatch's lookups otherwise."""
     h, w = feature0.shape[-2:]
+    if use_custom_corr and use_fused(h, w, local_radius, feature0.dtype):
+        return romatch_local_correlation(feature0, feature1, local_radius, warp, use_custom_corr=True,
+                                         padding_mode=padding_mode, sample_mode=sample_mode)
     if padding_mode == "zeros" and sample_mode == "bilinear" and use_dense(h, w, local_radius, feature0.dtype):
         return dense_local_correlation(feature0, feature1, local_radius, warp)
     return romatch_local_correlation(feature0, feature1, local_radius, warp, use_custom_corr=use_custom_corr,

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import importlib.machinery
 import importlib.util
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
@@ -33,6 +34,7 @@ from romatch.utils.utils import get_autocast_params
 from roma_ros.matching.base import Matches, MatcherConfig, check_rgb_image
 from roma_ros.matching.dense import DenseMatcher, DenseWarp
 from roma_ros.matching.device import amp_dtype
+from roma_ros.matching.fast_decode import DecodeOptions, GraphedDecode, Precomputed, attributes_set, folded_refiners
 from roma_ros.matching.local_corr import dense_correlation_in_romatch
 from roma_ros.matching.weights import checkpoints_for, load_checkpoints
 
@@ -76,11 +78,31 @@ def build_random_roma(device: str, **kwargs) -> RegressionMatcher:
 
 
 def has_fused_correlation() -> bool:
-    """Whether RoMa's optional fused CUDA kernel (the compiled ``local_corr`` extension)
-    imports; romatch fails on the first match if told to use it when it is missing. Any
-    other module of that name (a script on the path) is not the kernel."""
+    """Whether RoMa's optional fused CUDA kernel imports; romatch fails on the first match
+    if told to use it when it is missing.
+
+    The kernel ships as the ``fused-local-corr`` wheel: a package ``local_corr`` holding an
+    ``__init__.py`` and a compiled ``_C`` module, built for one torch version (0.3.211 for
+    torch 2.11), fp32 only. An older build installed the compiled module ``local_corr``
+    itself; both are accepted. Anything else of that name (a ``local_corr.py`` script on
+    the path) is not the kernel and is never imported. A wheel built for another torch
+    fails to import and counts as missing.
+    """
     spec = importlib.util.find_spec("local_corr")
-    return spec is not None and str(spec.origin).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    if spec is None:
+        return False
+    compiled = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    if spec.submodule_search_locations is None:  # a plain module: only a compiled one will do
+        if not str(spec.origin).endswith(compiled):
+            return False
+    elif not any(Path(folder, "_C" + suffix).is_file()
+                 for folder in spec.submodule_search_locations for suffix in compiled):
+        return False
+    try:
+        module = importlib.import_module("local_corr")
+    except Exception:  # noqa: BLE001 - a broken or mismatched build is as good as none
+        return False
+    return callable(getattr(module, "local_corr", None))
 
 
 def build_roma(config: MatcherConfig, device: str) -> RegressionMatcher:
@@ -114,6 +136,13 @@ def gem_descriptor(features: torch.Tensor, p: float = 3.0) -> np.ndarray:
     return F.normalize(pooled, dim=0).cpu().numpy()
 
 
+def decoder_view(decoder: nn.Module, **replaced: nn.Module) -> nn.Module:
+    """A view of romatch's Decoder sharing every module except those named."""
+    view = copy.copy(decoder)
+    view._modules = {**decoder._modules, **replaced}
+    return view
+
+
 def projection_free(decoder: nn.Module) -> nn.Module:
     """A view of romatch's Decoder sharing every module except its input projections.
 
@@ -123,10 +152,7 @@ def projection_free(decoder: nn.Module) -> nn.Module:
     than the GPU work). RomaMatcher applies the same projections itself (``_project``), so
     the view's empty ``proj`` keeps that branch from running.
     """
-    view = copy.copy(decoder)
-    view._modules = dict(decoder._modules)
-    view._modules["proj"] = nn.ModuleDict()
-    return view
+    return decoder_view(decoder, proj=nn.ModuleDict())
 
 
 @contextlib.contextmanager
@@ -151,17 +177,39 @@ def apply_settings(model: RegressionMatcher, config: MatcherConfig) -> None:
 
 
 class RomaMatcher(DenseMatcher):
-    """RoMa outdoor/indoor behind the matcher interface, plus encode/decode for reuse."""
+    """RoMa outdoor/indoor behind the matcher interface, plus encode/decode for reuse.
+    ``options`` switches the decode levers (fast_decode.DecodeOptions; benchmarks and tests)."""
 
-    def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None) -> None:
+    def __init__(self, config: MatcherConfig, model: RegressionMatcher | None = None,
+                 options: DecodeOptions | None = None) -> None:
         super().__init__(config, model, build_roma)
         apply_settings(self.model, config)
+        self.options = options or DecodeOptions()
         # Same arithmetic; oneDNN runs these convolutions much faster channels-last (a quarter
         # off the CPU decode; 3% on an H200, bench/gpu_profile.py). Converts weights in place.
         self.model.decoder.to(memory_format=torch.channels_last)
-        self._decoder = projection_free(self.model.decoder)
+        decoder = self.model.decoder
+        refiners = folded_refiners(decoder.conv_refiner) if self.options.fold_batchnorm else decoder.conv_refiner
+        self._refiners = list(refiners.values())
+        self._decoder = decoder_view(decoder, proj=nn.ModuleDict(), conv_refiner=refiners)
+        self._posterior = Precomputed()
+        self._decoder_given_gp = decoder_view(self._decoder, gps=nn.ModuleDict({"16": self._posterior}))
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
+        # GPU only, off by default (not shown to pay, README "Performance"); the CPU keeps per-image calls.
+        self.batch_vgg = self.options.batch_vgg and self.device.startswith("cuda")
+        self._graphed = None
+        if self.options.cuda_graphs and self.device.startswith("cuda"):
+            self._graphed = self.graphed_decode(capture=True)
+
+    def graphed_decode(self, capture: bool) -> GraphedDecode:
+        """The decode replayed from CUDA graphs (``capture=False``: the same padded batches
+        decoded eagerly). The fused kernel launches on the legacy default stream, which a
+        graph would not record, so refiners capture romatch's PyTorch correlation where they
+        do not use ours."""
+        return GraphedDecode(lambda f_q, f_c, gp: self._decode_pairs(lambda p: (f_q[p], f_c[p]), gp),
+                             self.config.batch_size, 2 if self.config.symmetric else 1, capture,
+                             lambda: attributes_set(self._refiners, "use_custom_corr", False))
 
     # ---------------------------------------------------------------- encode
     def _normalized(self, image: Image.Image, hw: tuple[int, int]) -> torch.Tensor:
@@ -240,29 +288,65 @@ class RomaMatcher(DenseMatcher):
         full = self.completed(encoded)
         return self._project(full.coarse), (self._project(full.fine) if full.fine is not None else None)
 
+    def _decode_pairs(self, pairs: Callable[[str], tuple[dict, dict]],
+                      posterior: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """romatch's decoder on the paired pyramids ``pairs("coarse")`` and ``pairs("fine")``:
+        the coarse pass, the upsampling pass, the certainty attenuation; (flow, logits) at the
+        output size. Asking per pass lets each pass's pairs be freed before the next is made.
+        With ``posterior`` the coarse GP is not run: that is its result."""
+        decoder = self._decoder
+        if posterior is not None:
+            self._posterior.value = posterior
+            decoder = self._decoder_given_gp
+        hs, ws = self.coarse_hw
+        with dense_correlation_in_romatch():
+            corresps = decoder(*pairs("coarse"), upsample=False,
+                               scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
+            low_res_logits = corresps[16]["certainty"]
+            if self.fine_hw:
+                hs, ws = self.fine_hw
+                corresps = decoder(*pairs("fine"), upsample=True,
+                                   scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1])
+        logits = corresps[1]["certainty"]
+        if self.model.attenuate_cert:
+            logits = logits - attenuation(low_res_logits, hs, ws)
+        return corresps[1]["flow"], logits
+
+    @torch.inference_mode()
+    def decoder_inputs_many(self, encoded: Sequence[EncodedImage]) -> list[tuple[dict, dict | None]]:
+        """``decoder_inputs`` of several images; on a GPU (``batch_vgg``) the VGG pyramids and
+        projections of those not kept run as one batch instead of one launch sequence each."""
+        out = [e.ready for e in encoded]
+        todo = [i for i, e in enumerate(encoded) if e.ready is None]
+        if len(todo) < 2 or not self.batch_vgg:
+            return [self.decoder_inputs(e) for e in encoded]
+        rgbs = [encoded[i].rgb for i in todo]
+        cnn = self.model.encoder.cnn
+        coarse = self._project({**cnn(torch.cat([self.model_input(x, self.coarse_hw) for x in rgbs])),
+                                16: torch.cat([encoded[i].coarse[16] for i in todo])})
+        fine = self._project(cnn(torch.cat([self.model_input(x, self.fine_hw) for x in rgbs]))) if self.fine_hw else None
+        for j, i in enumerate(todo):
+            out[i] = ({s: t[j:j + 1] for s, t in coarse.items()},
+                      None if fine is None else {s: t[j:j + 1] for s, t in fine.items()})
+        return out
+
     @torch.inference_mode()
     def decode(self, query: EncodedImage, candidates: list[EncodedImage]) -> list[DenseWarp]:
         """Dense warps of ``query`` against each candidate, decoded as one batch."""
         if not candidates:
             return []
         q_coarse, q_fine = self.decoder_inputs(query)
-        c_inputs = [self.decoder_inputs(c) for c in candidates]
-        decoder = self._decoder
-        hs, ws = self.coarse_hw
-        f_q, f_c = self._pair_pyramids(q_coarse, [c for c, _ in c_inputs])
-        with dense_correlation_in_romatch():
-            corresps = decoder(f_q, f_c, upsample=False, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2))
-            low_res_logits = corresps[16]["certainty"]
-            if self.fine_hw:
-                hs, ws = self.fine_hw
-                f_q, f_c = self._pair_pyramids(q_fine, [f for _, f in c_inputs])
-                corresps = decoder(
-                    f_q, f_c, upsample=True, scale_factor=math.sqrt(hs * ws / TRAIN_RES**2), **corresps[1]
-                )
-        logits = corresps[1]["certainty"]
-        if self.model.attenuate_cert:
-            logits = logits - attenuation(low_res_logits, hs, ws)
-        return self._to_warps(corresps[1]["flow"], logits, hs, ws, len(candidates))
+        c_inputs = self.decoder_inputs_many(candidates)
+        passes = ("coarse", "fine") if self.fine_hw else ("coarse",)
+        query_p = dict(zip(passes, (q_coarse, q_fine)))
+        cands_p = [dict(zip(passes, c)) for c in c_inputs]
+        if self._graphed is not None:
+            f_q, f_c = self._pair_pyramids({16: q_coarse[16]}, [{16: c[16]} for c, _ in c_inputs])
+            flow, logits = self._graphed(query_p, cands_p, self.model.decoder.gps["16"](f_q[16], f_c[16]))
+        else:
+            flow, logits = self._decode_pairs(lambda p: self._pair_pyramids(query_p[p], [c[p] for c in cands_p]))
+        hs, ws = self.fine_hw or self.coarse_hw
+        return self._to_warps(flow, logits, hs, ws, len(candidates))
 
     def _to_warps(
         self, flow: torch.Tensor, logits: torch.Tensor, hs: int, ws: int, n: int
@@ -360,8 +444,9 @@ class RomaMatcher(DenseMatcher):
         step = self.config.batch_size
         for start in range(0, len(candidates), step):
             chunk = list(candidates[start:start + step])
-            for dense, cand in zip(self.decode(query, chunk), chunk):
-                results.append(self.sample(dense, out_q, self.output_hw(cand.size)))
+            warps = self.decode(query, chunk)
+            results.extend(self.sample(dense, out_q, self.output_hw(cand.size)) for dense, cand in zip(warps, chunk))
+            del warps  # a batch's warps go before the next is decoded: memory stays one batch's
         return results
 
     def match_many(self, query: np.ndarray, candidates: Sequence[np.ndarray]) -> list[Matches]:
