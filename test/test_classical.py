@@ -1,6 +1,7 @@
 """The SIFT baseline on real photos under known viewpoint and photometric change."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -93,6 +94,45 @@ def test_bad_inputs_raise(matcher):
         ClassicalMatcher(num_features=0)
     with pytest.raises(ValueError, match="ratio"):
         ClassicalMatcher(ratio=1.5)
+
+
+def test_keypoints_follow_an_exact_half_turn(matcher):
+    """SIFT on a photo and on it turned by 180 degrees finds the same points, exactly mapped.
+
+    The half turn moves the pixel centre x (Matches convention, +0.5) to W - x, with no
+    resampling, so any constant keypoint shift shows up doubled: OpenCV's default image
+    doubling shifts every keypoint by 0.25 px (opencv/opencv#23123), 0.5 px here.
+    """
+    if not matcher.precise_upscale:
+        pytest.skip(f"OpenCV {cv2.__version__} has no SIFT enable_precise_upscale: keypoints keep the 0.25 px shift")
+    image = load_photo("astronaut")
+    height, width = image.shape[:2]
+    points = matcher.prepare(image).points
+    turned = matcher.prepare(np.ascontiguousarray(image[::-1, ::-1])).points
+    turned_back = np.array([width, height]) - turned
+    offsets = points[:, None, :] - turned_back[None, :, :]
+    nearest = np.linalg.norm(offsets, axis=2).argmin(axis=1)
+    offset = offsets[np.arange(len(points)), nearest]
+    same = np.linalg.norm(offset, axis=1) < 1.0
+    assert same.sum() >= 0.8 * len(points)
+    assert np.all(np.abs(np.median(offset[same], axis=0)) < 0.05)  # 0.5 with the default doubling
+
+
+def test_older_opencv_falls_back_to_the_default_sift(monkeypatch):
+    """OpenCV 4.5 (Ubuntu 22.04, ROS Humble) rejects the keyword; the matcher still builds and works."""
+    real_create = cv2.SIFT_create
+
+    def old_create(*args, **kwargs):
+        if "enable_precise_upscale" in kwargs:
+            raise cv2.error("'enable_precise_upscale' is an invalid keyword argument for SIFT_create()")
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "SIFT_create", old_create)
+    old = ClassicalMatcher()
+    assert not old.precise_upscale
+    pair = make_pair("astronaut", 0)
+    m = old.match(pair.query, pair.candidate)
+    assert len(m) >= 150 and np.median(pair.error(m.kpts_query, m.kpts_candidate)) < 1.0
 
 
 def test_built_by_name():

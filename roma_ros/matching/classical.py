@@ -17,6 +17,22 @@ from roma_ros.matching.base import Matches, check_rgb_image
 MIN_FEATURES = 2
 
 
+def create_sift(num_features: int) -> tuple[cv2.SIFT, bool]:
+    """A SIFT detector without OpenCV's 0.25 px keypoint shift where the library can avoid it.
+
+    SIFT doubles the image before its first octave; OpenCV's default doubling shifts every
+    keypoint by a quarter pixel (opencv/opencv#23123), the same way in every image, so the
+    errors of a match are correlated and the pose covariance is optimistic. OpenCV >= 4.8
+    fixes it with `enable_precise_upscale`. Older builds (OpenCV 4.5 on Ubuntu 22.04 / ROS
+    Humble) do not know the keyword: they keep the shifted keypoints, as before, and the
+    second value is False.
+    """
+    try:
+        return cv2.SIFT_create(nfeatures=num_features, enable_precise_upscale=True), True
+    except (TypeError, cv2.error):  # unknown keyword: TypeError, or cv2.error from overload resolution
+        return cv2.SIFT_create(nfeatures=num_features), False
+
+
 @dataclass
 class SiftFeatures:
     """What a keyframe needs for matching: keypoints (N, 2) in the Matches convention
@@ -27,7 +43,11 @@ class SiftFeatures:
 
 
 class ClassicalMatcher:
-    """SIFT + Lowe ratio test + mutual nearest-neighbour check."""
+    """SIFT + Lowe ratio test + mutual nearest-neighbour check.
+
+    `precise_upscale` says whether the detector is free of OpenCV's 0.25 px keypoint shift
+    (see `create_sift`).
+    """
 
     name = "classical"
     device = "cpu"
@@ -39,7 +59,7 @@ class ClassicalMatcher:
             raise ValueError(f"ratio={ratio} must lie in (0, 1]")
         self.num_features = int(num_features)
         self.ratio = float(ratio)
-        self._sift = cv2.SIFT_create(nfeatures=self.num_features)
+        self._sift, self.precise_upscale = create_sift(self.num_features)
         self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
     def prepare(self, image: np.ndarray) -> SiftFeatures:
