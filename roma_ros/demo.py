@@ -44,7 +44,7 @@ PLACES = (("astronaut", 20), ("coffee", 21), ("chelsea", 22), ("rocket", 24))
 # synthetic scene below, whose back wall is the brick photo).
 DISTRACTORS = (("grass", 30), ("camera", 31))
 # The 3D scene: its keyframes (with depth, intrinsics and true poses) and this many queries, one
-# per keyframe station, under 15-35 deg of viewpoint change. Small images keep it quick.
+# per keyframe station, 0.6-1.8 m and 7-30 deg from its keyframe. Small images keep it quick.
 SCENE_QUERIES = 4
 SCENE_SEED = 0
 SCENE_SIZE = (240, 320)  # (height, width)
