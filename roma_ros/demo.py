@@ -63,7 +63,7 @@ MODEL_SETTINGS: dict[str, dict[str, object]] = {
 }
 # RoMa on a CPU: a coarse pass at 280 without upsampling is ~10 s a pair instead of ~130 s.
 ROMA_CPU_SETTINGS: dict[str, object] = {"coarse_res": 280, "upsample_res": 0}
-# Seconds to wait for one answer, by model and device kind (each query is matched to 4 keyframes).
+# Seconds to wait for one answer, by model and device kind (each query is matched to 9 keyframes).
 DEFAULT_TIMEOUT = {"classical": 60.0, "tiny_roma_outdoor": 120.0, "roma_outdoor": 120.0}
 ROMA_CPU_TIMEOUT = 600.0
 

@@ -123,7 +123,7 @@ def _has_type(value: Any, kind: type) -> bool:
 
 # Thresholds of the classical (SIFT) matcher, calibrated on bench/place_recognition.py (README,
 # "Shortlist and decision"): its keypoints are less precise than RoMa's, so a looser RANSAC
-# threshold, and distractors reach 9-13 inliers while true places reach 26 or more.
+# threshold, and distractors reach 9-13 inliers while true places reach 27 or more.
 CLASSICAL = "classical"
 
 PARAMS: tuple[ParamSpec, ...] = (
