@@ -27,7 +27,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from roma_ros.depth import DepthFileError, to_metres
+from roma_ros.store import DepthFileError, to_metres
 from roma_ros.imageio import quiet_opencv, to_uint8
 
 __all__ = [
