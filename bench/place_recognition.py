@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 
 from roma_ros.imageio import save_json
-from roma_ros.keyframes import Keyframe
 from roma_ros.matching import MatcherConfig, build_matcher
 from roma_ros.matching.weights import checkpoints_for
 from roma_ros.pipeline import DecisionConfig, QueryResult, Relocalizer
+from roma_ros.store import Keyframe
 from roma_ros.testdata import load_photo, viewpoint_homography, warp_pair
 
 IMAGE_SIZE = (480, 640)  # (height, width) of every keyframe and query

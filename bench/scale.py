@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import _rss_bytes, measure  # noqa: E402
 from place_recognition import random_crop, resized, view  # noqa: E402
 
-from roma_ros.keyframes import Keyframe  # noqa: E402
 from roma_ros.matching import MatcherConfig  # noqa: E402
 from roma_ros.matching.device import resolve_device  # noqa: E402
 from roma_ros.matching.roma import EncodedImage, RomaMatcher  # noqa: E402
 from roma_ros.pipeline import DecisionConfig, QueryResult, Relocalizer  # noqa: E402
+from roma_ros.store import Keyframe  # noqa: E402
 from roma_ros.testdata import PHOTO_NAMES, load_photo  # noqa: E402
 
 STAGES = ("encode", "shortlist", "match", "verify")

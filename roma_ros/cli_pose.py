@@ -103,7 +103,7 @@ def pose_inputs(args: argparse.Namespace) -> PoseInputs | None:
                          "original images, so leave it out for a pose")
     depth = None
     if args.keyframe_depth:
-        from roma_ros.depth import load_depth
+        from roma_ros.store import load_depth
 
         depth = load_depth(args.keyframe_depth, args.depth_scale)
     return PoseInputs(query, keyframe, depth, config)  # type: ignore[arg-type]

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_ros.depth import save_depth
 from roma_ros.imageio import save_rgb
 from roma_ros.rosenv import configure_local_dds, share_file
+from roma_ros.store import save_depth
 from roma_ros.testdata import make_pair
 
 NODE_NAME = "roma_matcher"

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from roma_ros.cli_args import add_model_arguments, model_config
-from roma_ros.depth import read_depth_raw, to_metres, valid_fraction
-from roma_ros.keyframes import DEFAULT_DIR, INTRINSICS_KEYS, Keyframe, KeyframeStore, _parse_pose, parse_intrinsics
+from roma_ros.store import read_depth_raw, to_metres, valid_fraction
+from roma_ros.store.folder import DEFAULT_DIR, INTRINSICS_KEYS, Keyframe, KeyframeStore, _parse_pose, parse_intrinsics
 
 PROG = "roma-keyframes"
 
@@ -148,7 +148,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from roma_ros.keyframes import UnknownKeyframe
+    from roma_ros.store import UnknownKeyframe
 
     store = existing_store(args.dir)
     try:
@@ -163,7 +163,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_build_cache(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from roma_ros.feature_cache import cache_for
+    from roma_ros.store.cache import cache_for
     from roma_ros.matching.base import build_matcher
 
     store = existing_store(args.dir)

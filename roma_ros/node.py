@@ -43,13 +43,12 @@ from roma_ros.conversions import (
     image_msg_to_rgb, match_markers, matches_to_pointcloud2, msg_to_pose, pose_with_covariance_msg,
     poses_to_pose_array, rgb_to_image_msg,
 )
-from roma_ros.depth import valid_fraction
-from roma_ros.feature_cache import cache_for
 from roma_ros.health import FrameAccounting, Level, LogThrottle, Outcome, SequenceGaps
-from roma_ros.keyframes import KeyframeStore
 from roma_ros.matching.base import Matcher, build_matcher
 from roma_ros.pipeline import QueryResult, Relocalizer
 from roma_ros.pose import CameraModel, map_pose
+from roma_ros.store import KeyframeStore, valid_fraction
+from roma_ros.store.cache import cache_for
 from roma_ros.sync import StampBuffer
 from roma_ros.visualize import draw_matches
 

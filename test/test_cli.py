@@ -112,7 +112,7 @@ def test_missing_weights_message_from_the_command(pair_files, tmp_path):
 def posed_pair(tmp_path_factory):
     """A rendered keyframe with exact depth (16-bit PNG in mm and .npy in m) and a query view."""
     from roma_ros import synthetic_scene as ss
-    from roma_ros.depth import save_depth
+    from roma_ros.store import save_depth
 
     folder = tmp_path_factory.mktemp("posed")
     keyframes, queries = ss.relocalization_set(seed=1, n_queries=1)

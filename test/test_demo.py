@@ -93,7 +93,7 @@ def test_demo_relocalizes_every_place_rejects_distractors_and_poses_the_scene(tm
 
 
 def test_demo_data_and_table_without_ros(tmp_path):
-    from roma_ros.keyframes import KeyframeStore
+    from roma_ros.store import KeyframeStore
 
     data = demo.build_demo_data(tmp_path)
     places = len(demo.PLACES)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import roma_config
-from roma_ros.feature_cache import FeatureCache, cache_for
-from roma_ros.keyframes import Keyframe, cache_file_name
 from roma_ros.matching.roma import RomaMatcher
 from roma_ros.pipeline import DecisionConfig, Relocalizer
+from roma_ros.store import Keyframe, cache_file_name
+from roma_ros.store.cache import FeatureCache, cache_for
 from roma_ros.testdata import make_pair
 
 
@@ -89,7 +89,7 @@ def test_corrupt_cache_file_is_recomputed_with_a_warning(roma_model, keyframes, 
 def test_cache_of_wrong_shape_is_not_used(roma_model, keyframes, tmp_path):
     matcher = RomaMatcher(roma_config(), model=roma_model)
     cache = FeatureCache(tmp_path, matcher.cache_key())
-    from roma_ros.feature_cache import image_digest
+    from roma_ros.store.cache import image_digest
 
     cache.save("astronaut.png", image_digest(keyframes[0].image), {"dino": torch.zeros(1, 1024, 3, 3)})
     prepared = cache.prepare(matcher, "astronaut.png", keyframes[0].image)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from roma_ros.imageio import save_rgb
-from roma_ros.keyframes import KeyframeStore
+from roma_ros.store import KeyframeStore
 
 
 def image(value: int) -> np.ndarray:
@@ -67,7 +67,7 @@ def test_add_writes_image_and_index_atomically(tmp_path, monkeypatch):
     assert [k.name for k in keyframes] == [first.name] and keyframes[0].pose[0] == (1.0, 0.0, 0.0)
     assert keyframes[0].added
     # A crash while writing the index leaves the previous index intact and no temp files.
-    import roma_ros.keyframes as module
+    import roma_ros.store.folder as module
 
     def crash(path, data):
         raise OSError("disk full")
@@ -141,7 +141,7 @@ def ramp_depth(h: int = 20, w: int = 30) -> np.ndarray:
 def test_depth_types_units_and_unknown_pixels(tmp_path):
     import cv2
 
-    from roma_ros.depth import DepthFileError, load_depth, save_depth
+    from roma_ros.store import DepthFileError, load_depth, save_depth
 
     metres = ramp_depth()
     mm = np.nan_to_num(np.rint(metres * 1000)).astype(np.uint16)
@@ -191,7 +191,7 @@ def test_depth_types_units_and_unknown_pixels(tmp_path):
 def test_depth_entries_load_registered_or_warn_and_stay_keyframes(tmp_path):
     import cv2
 
-    from roma_ros.depth import save_depth
+    from roma_ros.store import save_depth
 
     for name in ("a", "b", "c", "d", "e"):
         save_rgb(tmp_path / f"{name}.png", image(10))
@@ -226,7 +226,7 @@ def test_depth_entries_load_registered_or_warn_and_stay_keyframes(tmp_path):
 
 
 def test_add_with_depth_writes_lossless_files_and_reloads_them(tmp_path, monkeypatch):
-    from roma_ros.depth import load_depth
+    from roma_ros.store import load_depth
 
     store = KeyframeStore(tmp_path / "kf")
     intrinsics = {"fx": 300.0, "fy": 310.0, "cx": 14.5, "cy": 9.5}

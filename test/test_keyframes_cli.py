@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from roma_ros.imageio import load_rgb, save_rgb
-from roma_ros.keyframes import DEFAULT_DIR, KeyframeStore, UnknownKeyframe, cache_file_name
 from roma_ros.keyframes_cli import build_parser, main
+from roma_ros.store import DEFAULT_DIR, KeyframeStore, UnknownKeyframe, cache_file_name
 
 SCRIPT = Path(sys.executable).with_name("roma-keyframes")
 
@@ -132,7 +132,7 @@ def test_failed_index_write_during_remove_leaves_the_previous_state(tmp_path, mo
         store.add(picture(40 * i), store.load(), name=name, pose=((float(i), 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)))
     cache = fake_cache(kf, "roma", "q.png")
     index_bytes = (kf / "keyframes.yaml").read_bytes()
-    import roma_ros.keyframes as module
+    import roma_ros.store.folder as module
 
     def disk_full(path, data):
         raise OSError("disk full")
@@ -337,17 +337,18 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def test_defaults_agree_with_the_node_and_the_feature_cache():
-    from roma_ros import feature_cache, keyframes, params
+    from roma_ros import params
+    from roma_ros.store import cache, folder
 
     assert build_parser().parse_args(["list"]).dir == DEFAULT_DIR
     assert params.keyframes_dir({"keyframes_dir": ""}) == Path(DEFAULT_DIR).expanduser()
-    assert keyframes.CACHE_DIR == feature_cache.CACHE_DIR
+    assert folder.CACHE_DIR == cache.CACHE_DIR
 
 
 def test_depth_keyframes_add_list_check_remove(tmp_path, capsys):
     import cv2
 
-    from roma_ros.depth import save_depth
+    from roma_ros.store import save_depth
 
     src, kf = tmp_path / "src", tmp_path / "kf"
     save_rgb(src / "a.png", picture(10))
@@ -416,7 +417,7 @@ def test_remove_with_depth_is_undone_when_the_index_write_fails(tmp_path, monkey
     store = KeyframeStore(kf)
     store.add(picture(5), [], name="p", depth=np.full((20, 30), 1000, np.uint16))
     depth_bytes = (kf / "depth" / "p.png").read_bytes()
-    import roma_ros.keyframes as module
+    import roma_ros.store.folder as module
 
     def disk_full(path, data):
         raise OSError("disk full")
@@ -436,7 +437,7 @@ def test_remove_with_depth_is_undone_when_the_index_write_fails(tmp_path, monkey
 
 
 def test_depth_options_errors_are_one_line(tmp_path):
-    from roma_ros.depth import save_depth
+    from roma_ros.store import save_depth
 
     kf = tmp_path / "kf"
     save_rgb(tmp_path / "ok.png", picture(5))

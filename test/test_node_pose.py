@@ -19,9 +19,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker
 
 from rosutil import RELIABLE, Probe, Spinner, wait_for
-from roma_ros.conversions import _bytes
-from roma_ros.keyframes import KeyframeStore
+from roma_ros.conversions.images import _bytes
 from roma_ros.pose import matrix_to_pose, pose_to_matrix, rotation_angle_deg
+from roma_ros.store import KeyframeStore
 from roma_ros.synthetic_scene import relocalization_set
 from roma_ros.testdata import make_pair
 

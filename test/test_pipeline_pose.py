@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from roma_ros.keyframes import Keyframe
 from roma_ros.matching.base import MatcherConfig, build_matcher
 from roma_ros.pipeline import DecisionConfig, Relocalizer
 from roma_ros.pose import PoseConfig, map_pose, pose_to_matrix, rotation_angle_deg
+from roma_ros.store import Keyframe
 from roma_ros.synthetic_scene import relocalization_set
 from roma_ros.testdata import make_pair
 

@@ -231,9 +231,9 @@ def files_under(folder) -> set:
 
 def test_feature_cache_never_writes_outside_the_keyframe_folder(roma_model, tmp_path):
     from conftest import roma_config
-    from roma_ros.feature_cache import cache_for
+    from roma_ros.store.cache import cache_for
     from roma_ros.imageio import save_rgb
-    from roma_ros.keyframes import KeyframeStore
+    from roma_ros.store import KeyframeStore
     from roma_ros.matching.roma import RomaMatcher
     from roma_ros.pipeline import Relocalizer
 
@@ -270,7 +270,7 @@ def test_feature_cache_never_writes_outside_the_keyframe_folder(roma_model, tmp_
 
 
 def test_remove_refuses_a_symlinked_trash(tmp_path):
-    from roma_ros.keyframes import KeyframeStore, UnsafeFolderError
+    from roma_ros.store import KeyframeStore, UnsafeFolderError
 
     store = KeyframeStore(tmp_path / "kf")
     store.add(np.full((40, 40, 3), 7, np.uint8), [], name="a")
@@ -286,7 +286,7 @@ def test_store_syncs_each_file_then_its_folder_after_the_rename(tmp_path, monkey
     import os
 
     import roma_ros.imageio as imageio
-    from roma_ros.keyframes import KeyframeStore
+    from roma_ros.store import KeyframeStore
 
     synced, renamed = [], []
     real_fsync, real_replace = os.fsync, os.replace

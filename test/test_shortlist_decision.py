@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import roma_config
-from roma_ros.keyframes import Keyframe
 from roma_ros.matching.classical import ClassicalMatcher
 from roma_ros.matching.roma import RomaMatcher
 from roma_ros.pipeline import CandidateResult, DecisionConfig, Relocalizer, decide, shortlist
+from roma_ros.store import Keyframe
 from roma_ros.testdata import make_pair
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass")

@@ -1,6 +1,6 @@
 """Keyframe features kept on disk next to the keyframes, so a restart does not re-encode.
 
-Files live in ``<keyframes_dir>/.cache/<key>/<name>-<hash>.pt`` (keyframes.cache_file_name:
+Files live in ``<keyframes_dir>/.cache/<key>/<name>-<hash>.pt`` (folder.cache_file_name:
 a hash of the image's resolved path, so no index entry can steer a write outside the
 folder). The key names everything the features depend on (model, checkpoint identity,
 resolution, precision), so changing any of them simply uses another folder; each file also
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from roma_ros.imageio import save_bytes
-from roma_ros.keyframes import CACHE_DIR, UnsafeFolderError, cache_file_name, confined_subdir
+from roma_ros.store.folder import CACHE_DIR, UnsafeFolderError, cache_file_name, confined_subdir
 
 __all__ = ["CACHE_DIR", "FeatureCache", "cache_for", "image_digest"]
 

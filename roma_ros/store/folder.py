@@ -7,10 +7,10 @@ without an entry are keyframes too, named by their file stem. Order (the
 sorted by name. Every write goes through a temp file and
 a rename, so a crash never leaves a half-written image or index.
 
-Hidden sub-folders belong to the tools: ``.cache/`` (feature_cache.py), ``.trash/``
+Hidden sub-folders belong to the tools: ``.cache/`` (cache.py), ``.trash/``
 (images of a removal in progress) and ``.unreadable/`` (images ``check --repair``
 moved aside). Depth maps written by ``add`` go to ``depth/``, out of the way of the
-image scan. ``roma-keyframes`` (keyframes_cli.py) is the command line for all this.
+image scan. ``roma-keyframes`` (roma_ros/keyframes_cli.py) is the command line for all this.
 
 Nothing is ever written outside the folder: an index entry may name an image elsewhere
 (it is read, never written next to), cache files are named by a hash of the image's
@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from roma_ros.depth import DepthFileError, check_scale, load_depth, save_depth, to_metres
 from roma_ros.imageio import ImageFileError, fsync_dir, load_rgb, replace_durably, save_bytes, save_rgb
 from roma_ros.pose import DISTORTION_LENGTHS
+from roma_ros.store.depth import DepthFileError, check_scale, load_depth, save_depth, to_metres
 
 INDEX_FILE = "keyframes.yaml"
 DEFAULT_DIR = "~/.ros/roma_ros/keyframes"  # the node's keyframes_dir when its parameter is empty
-CACHE_DIR = ".cache"  # feature_cache.py keeps its files here
+CACHE_DIR = ".cache"  # cache.py keeps its files here
 TRASH_DIR = ".trash"
 DEPTH_DIR = "depth"  # where ``add`` writes depth maps (a sub-folder: never taken for keyframe images)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -460,7 +460,7 @@ class KeyframeStore:
 
     def check(self, repair: bool = False) -> list[str]:
         """Problems of the store, one line each; with ``repair`` each line also says what was
-        done. See keyframes_check.py; user images are never deleted."""
-        from roma_ros.keyframes_check import check_store
+        done. See check.py; user images are never deleted."""
+        from roma_ros.store.check import check_store
 
         return check_store(self, repair)

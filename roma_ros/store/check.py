@@ -17,15 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from roma_ros.depth import DepthFileError, valid_fraction
 from roma_ros.imageio import ImageFileError, load_rgb
-from roma_ros.keyframes import (
+from roma_ros.store.depth import DepthFileError, valid_fraction
+from roma_ros.store.folder import (
     CACHE_DIR, DEPTH_DIR, TRASH_DIR, UnsafeFolderError, _parse_pose, cache_file_name, confined_subdir, entry_name,
     indexed_files, parse_intrinsics, read_entry_depth,
 )
 
 if TYPE_CHECKING:
-    from roma_ros.keyframes import KeyframeStore
+    from roma_ros.store.folder import KeyframeStore
 
 UNREADABLE_DIR = ".unreadable"
 MIN_VALID_DEPTH = 0.05  # a depth map with fewer known pixels is reported as nearly empty

@@ -4,7 +4,7 @@ A depth map is (H, W) float32 in metres with NaN where the depth is unknown. On 
 it is a 16-bit PNG in stored units (millimetres by default: the ROS 16UC1 convention,
 0 = unknown), a 32-bit float TIFF or a ``.npy`` array in metres (0 or non-finite =
 unknown). ``depth_scale`` (metres per stored unit) overrides the default of the
-file type. The same conversion serves depth images from ROS messages (conversions.py).
+file type. The same conversion serves depth images from ROS messages (conversions/images.py).
 """
 from __future__ import annotations
 
