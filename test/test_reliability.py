@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage
 
-from rosutil import Probe, Spinner, wait_for
+from rosutil import Probe, wait_for
 from roma_ros.conversions import rgb_to_compressed_msg, rgb_to_image_msg
 from roma_ros.testdata import make_pair
 from test_node import PLACES, start, write_keyframes
