@@ -102,6 +102,7 @@ class Spinner:
     """Spins nodes on a background executor for the duration of a test."""
 
     def __init__(self, *nodes: Node) -> None:
+        self.nodes = nodes
         self.executor = MultiThreadedExecutor(num_threads=4)
         for node in nodes:
             self.executor.add_node(node)
@@ -111,3 +112,9 @@ class Spinner:
     def stop(self) -> None:
         self.executor.shutdown()
         self.thread.join(timeout=5)
+
+    def shut_down(self) -> None:
+        """Stop spinning, then destroy the nodes it spun, in the order given."""
+        self.stop()
+        for node in self.nodes:
+            node.destroy_node()

@@ -152,6 +152,4 @@ def test_node_adds_keyframes_through_the_cache(ros, roma_model, tmp_path):
         assert reloaded.stats.loaded == 3 and reloaded.stats.computed == 0 and len(runs) == 2
         wait_for(lambda: node.state == "ready", 5, "ready")
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()

@@ -210,8 +210,7 @@ def test_colcon_build_runs_from_install(ros, colcon_ws, request):
                  f"diagnostics of the installed node {name}")
         assert probe.latest_diagnostics(name)["keyframes_dir"] == str(keyframes)
     finally:
-        spinner.stop()
-        probe.destroy_node()
+        spinner.shut_down()
         code = stop_process(proc)
     output = proc.stdout.read()
     assert code == 0 and "Traceback" not in output, output

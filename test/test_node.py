@@ -52,9 +52,7 @@ def running(ros, tmp_path, pairs):
     write_keyframes(tmp_path / "kf", pairs)
     node, probe, spinner = start(ros, tmp_path / "kf")
     yield node, probe
-    spinner.stop()
-    node.destroy_node()
-    probe.destroy_node()
+    spinner.shut_down()
 
 
 def test_right_keyframe_wins_and_outputs_are_complete(running, pairs):
@@ -171,9 +169,7 @@ def test_corrupt_jpeg_on_the_compressed_transport(ros, tmp_path, pairs):
         cloud = probe.send(msg=rgb_to_compressed_msg(pairs["coffee"].query, quality=95))
         assert set(pointcloud2_to_matches(cloud)["keyframe_index"].tolist()) == {1}
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()
 
 
 def rss_mb() -> float:
@@ -231,6 +227,4 @@ def test_empty_keyframe_folder_waits(ros, tmp_path, pairs):
         assert (tmp_path / "missing" / "keyframes.yaml").is_file()
         assert probe.send(pairs["coffee"].query).width >= 30
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()

@@ -110,9 +110,7 @@ def posed(ros, tmp_path, scene):
     posed_store(tmp_path / "kf", keyframes)
     node, probe, spinner = start_node(tmp_path / "kf")
     yield node, probe
-    spinner.stop()
-    node.destroy_node()
-    probe.destroy_node()
+    spinner.shut_down()
 
 
 def test_pose_near_ground_truth_only_with_intrinsics_and_a_match(posed, scene):
@@ -270,9 +268,7 @@ def test_add_keyframe_stores_depth_intrinsics_and_pose_then_relocalizes(ros, tmp
         second = KeyframeStore(tmp_path / "kf").load()[1]
         assert second.depth is None and second.pose is None and second.intrinsics["fx"] == fx
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()
 
 
 def test_add_keyframe_with_float_depth_and_pose_with_covariance(ros, tmp_path, scene):
@@ -310,6 +306,4 @@ def test_add_keyframe_with_float_depth_and_pose_with_covariance(ros, tmp_path, s
         assert response.success and "missing: depth (the depth frame is 320x120 but the image is 320x240" in response.message
         assert KeyframeStore(tmp_path / "kf").load()[1].depth is None
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()

@@ -56,9 +56,7 @@ def test_params_file_and_node_declare_the_same_parameters(ros, tmp_path):
         for name in declared:
             assert node.describe_parameter(name).description, f"{name} has no description"
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +74,7 @@ def node_process(ros, tmp_path_factory):
     probe = Probe(image_topic="/camera/image_raw")
     spinner = Spinner(probe)
     yield proc, probe, pairs, folder
-    spinner.stop()
-    probe.destroy_node()
+    spinner.shut_down()
     stop_process(proc)
 
 
@@ -123,9 +120,7 @@ def test_tiny_roma_through_the_node(ros, tmp_path):
         debug = wait_for(lambda: probe.debug[-1] if probe.debug else None, 10, "debug image")
         assert debug.width == 320  # query beside the best keyframe, original sizes
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()
 
 
 def test_missing_weights_keep_the_node_alive_with_an_error(ros, tmp_path, monkeypatch):
@@ -140,6 +135,4 @@ def test_missing_weights_keep_the_node_alive_with_an_error(ros, tmp_path, monkey
         assert probe.latest_diagnostics()["_level"] == 2  # ERROR
         assert node.set_parameters([Parameter("min_inliers", value=5)])[0].successful  # still serving
     finally:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+        spinner.shut_down()

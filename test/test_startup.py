@@ -187,8 +187,7 @@ def launched(ros, tmp_path_factory):
         Clock(clock=Time(nanoseconds=SIM_START_S * 10**9 + next(ticks) * 50_000_000).to_msg())))
     spinner = Spinner(probe)
     yield proc, probe
-    spinner.stop()
-    probe.destroy_node()
+    spinner.shut_down()
     stop_process(proc)
 
 
