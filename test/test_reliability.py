@@ -29,10 +29,8 @@ def pairs():
 def stop_after():
     started = []
     yield started.append
-    for node, probe, spinner in started:
-        spinner.stop()
-        node.destroy_node()
-        probe.destroy_node()
+    for *_, spinner in started:  # (node, probe, spinner)
+        spinner.shut_down()
 
 
 def diagnostics_when(probe: Probe, predicate, what: str, timeout: float = 20.0) -> dict:
@@ -166,7 +164,8 @@ def test_log_throttle_is_keyed_by_cause_not_by_text(ros, tmp_path, pairs, stop_a
         msg = rgb_to_image_msg(pairs["coffee"].query)
         msg.encoding = f"fancy{i}"
         publish(probe, msg)
-        time.sleep(0.05)
+        # One at a time: a frame sent while the worker still holds the last would be "replaced".
+        wait_for(lambda n=i + 1: node.frames.counts()["bad_frames"] == n, 10, f"bad frame {i + 1}")
     truncated = rgb_to_image_msg(pairs["coffee"].query)
     truncated.data = truncated.data[:1000]
     publish(probe, truncated)  # another cause is not hidden by the first
