@@ -46,8 +46,8 @@ from roma_ros.conversions import (
 from roma_ros.health import FrameAccounting, Level, LogThrottle, Outcome, SequenceGaps
 from roma_ros.matching.base import Matcher, build_matcher
 from roma_ros.pipeline import QueryResult, Relocalizer
-from roma_ros.pose import CameraModel, map_pose
-from roma_ros.store import KeyframeStore, valid_fraction
+from roma_ros.pose import CameraModel, map_pose, position_std
+from roma_ros.store import INTRINSICS_KEYS, KeyframeStore, valid_fraction
 from roma_ros.store.cache import cache_for
 from roma_ros.sync import StampBuffer
 from roma_ros.visualize import draw_matches
@@ -365,7 +365,7 @@ class MatchNode(Node):
                     status["pose_result"] = str(exc)
         if published is not None:
             pose, covariance = published
-            std = float(np.sqrt(max(0.0, float(np.trace(covariance[:3, :3])))))
+            std = position_std(covariance)
             status["pose_result"], status["position_std_m"] = "ok", f"{std:.4f}" if np.isfinite(std) else ""
             out_header = Header(stamp=header.stamp, frame_id=self.values["frame_id"])
             self.pub_pose.publish(pose_with_covariance_msg(out_header, pose, covariance))
@@ -527,7 +527,7 @@ class MatchNode(Node):
             inputs["intrinsics"] = camera_info_intrinsics(self._camera_info[0])
             stored.append("intrinsics (camera_info)")
         else:
-            inputs["intrinsics"] = dict(zip(("fx", "fy", "cx", "cy"), map(float, self.values["query_intrinsics"])))
+            inputs["intrinsics"] = dict(zip(INTRINSICS_KEYS, map(float, self.values["query_intrinsics"])))
             stored.append("intrinsics (query_intrinsics)")
         found = self._depth_frames.nearest(header.stamp, tolerance)
         if found.item is None:

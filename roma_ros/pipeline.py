@@ -203,10 +203,7 @@ class Relocalizer:
 
 def keyframe_camera(keyframe: Keyframe) -> CameraModel | None:
     """The keyframe's intrinsics (OpenCV/ROS convention in keyframes.yaml) in our pixel frame."""
-    if not keyframe.intrinsics:
-        return None
-    k = keyframe.intrinsics
-    return CameraModel.from_ros(k["fx"], k["fy"], k["cx"], k["cy"], k.get("distortion", ()))
+    return CameraModel.from_intrinsics(keyframe.intrinsics) if keyframe.intrinsics else None
 
 
 def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: CameraModel | None,

@@ -64,6 +64,13 @@ class CameraModel:
         return cls(float(fx), float(fy), float(cx) + 0.5, float(cy) + 0.5,
                    tuple(float(d) for d in (distortion or ())))
 
+    @classmethod
+    def from_intrinsics(cls, intrinsics: dict) -> "CameraModel":
+        """From an ``{fx, fy, cx, cy[, distortion]}`` mapping in the ROS/OpenCV convention, as
+        keyframes.yaml and ``conversions.camera_info_intrinsics`` hold them."""
+        k = intrinsics
+        return cls.from_ros(k["fx"], k["fy"], k["cx"], k["cy"], k.get("distortion", ()))
+
     def to_ros(self) -> tuple[float, float, float, float]:
         """(fx, fy, cx, cy) with pixel centres at integers, as ROS and keyframes.yaml store them."""
         return self.fx, self.fy, self.cx - 0.5, self.cy - 0.5
@@ -169,12 +176,16 @@ class PoseEstimate:
     @property
     def position_std(self) -> float | None:
         """sqrt of the trace of the position covariance (m): one number for diagnostics."""
-        if self.covariance is None:
-            return None
-        return float(math.sqrt(max(0.0, float(np.trace(self.covariance[:3, :3])))))
+        return None if self.covariance is None else position_std(self.covariance)
 
     def quaternion(self) -> tuple[float, float, float, float] | None:
         return None if self.rotation is None else quaternion_from_matrix(self.rotation)
+
+
+def position_std(covariance: np.ndarray) -> float:
+    """sqrt of the trace of a 6x6 pose covariance's position block (m): one number for
+    diagnostics and banners."""
+    return float(math.sqrt(max(0.0, float(np.trace(np.asarray(covariance)[:3, :3])))))
 
 
 def _none(reason: str, n: int) -> PoseEstimate:

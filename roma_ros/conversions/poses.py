@@ -126,8 +126,7 @@ def camera_info_to_camera(msg: CameraInfo):
     """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame)."""
     from roma_ros.pose import CameraModel
 
-    k = camera_info_intrinsics(msg)
-    camera = CameraModel.from_ros(k["fx"], k["fy"], k["cx"], k["cy"], k.get("distortion", ()))
+    camera = CameraModel.from_intrinsics(camera_info_intrinsics(msg))
     try:
         camera.validate()
     except ValueError as exc:
