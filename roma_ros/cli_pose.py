@@ -110,10 +110,11 @@ def pose_inputs(args: argparse.Namespace) -> PoseInputs | None:
 
 
 def check_depth_size(inputs: PoseInputs, candidate_shape: tuple[int, ...], depth_file: str) -> None:
-    if inputs.depth is not None and inputs.depth.shape != tuple(candidate_shape[:2]):
-        h, w = inputs.depth.shape
-        raise ValueError(f"keyframe depth '{depth_file}' is {w}x{h} but the candidate image is "
-                         f"{candidate_shape[1]}x{candidate_shape[0]}: it must be registered to it, same size")
+    if inputs.depth is not None:
+        from roma_ros.store import check_registered
+
+        check_registered(inputs.depth.shape, candidate_shape, f"keyframe depth '{depth_file}'",
+                         image="the candidate image", fix="it must be registered to it, same size")
 
 
 def compute_pose(inputs: PoseInputs, kpts_query: np.ndarray, kpts_candidate: np.ndarray,

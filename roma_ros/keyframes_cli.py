@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from roma_ros.cli_args import add_model_arguments, model_config
-from roma_ros.store import read_depth_raw, to_metres, valid_fraction
+from roma_ros.store import check_registered, read_depth_raw, to_metres, valid_fraction
 from roma_ros.store.folder import DEFAULT_DIR, INTRINSICS_KEYS, Keyframe, KeyframeStore, _parse_pose, parse_intrinsics
 
 PROG = "roma-keyframes"
@@ -104,9 +104,7 @@ def read_depth(path: str, scale: float | None, image_shape: tuple[int, ...]) -> 
     losslessly with its scale), anything else in metres; its size must be the image's."""
     raw = read_depth_raw(path)
     metres = to_metres(raw, scale, source=f"depth file '{path}'")  # validates type and scale
-    if metres.shape != tuple(image_shape[:2]):
-        raise CommandError(f"depth file '{path}' is {metres.shape[1]}x{metres.shape[0]} but the image is "
-                           f"{image_shape[1]}x{image_shape[0]}: depth must be registered to the image")
+    check_registered(metres.shape, image_shape, f"depth file '{path}'")
     return raw if raw.dtype == np.uint16 else metres
 
 

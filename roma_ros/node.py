@@ -47,7 +47,7 @@ from roma_ros.health import FrameAccounting, Level, LogThrottle, Outcome, Sequen
 from roma_ros.matching.base import Matcher, build_matcher
 from roma_ros.pipeline import QueryResult, Relocalizer
 from roma_ros.pose import CameraModel, map_pose, position_std
-from roma_ros.store import INTRINSICS_KEYS, KeyframeStore, valid_fraction
+from roma_ros.store import INTRINSICS_KEYS, DepthFileError, KeyframeStore, check_registered, valid_fraction
 from roma_ros.store.cache import cache_for
 from roma_ros.sync import StampBuffer
 from roma_ros.visualize import draw_matches
@@ -535,16 +535,13 @@ class MatchNode(Node):
         else:
             try:
                 depth = depth_msg_to_array(found.item)
-            except ImageConversionError as exc:
-                depth, reason = None, str(exc)
+                check_registered(depth.shape, rgb.shape, "the depth frame",
+                                 fix="publish depth registered to the colour image")
+            except (ImageConversionError, DepthFileError) as exc:
+                missing.append(f"depth ({exc})")
             else:
-                reason = (f"the depth frame is {depth.shape[1]}x{depth.shape[0]} but the image is "
-                          f"{rgb.shape[1]}x{rgb.shape[0]}: publish depth registered to the colour image")
-            if depth is not None and depth.shape == rgb.shape[:2]:
                 inputs["depth"] = depth
                 stored.append("depth")
-            else:
-                missing.append(f"depth ({reason})")
         found = self._keyframe_poses.nearest(header.stamp, tolerance)
         if found.item is None:
             missing.append(f"pose ({found.why_missing('keyframe_pose', tolerance)})")

@@ -25,6 +25,16 @@ class DepthFileError(ValueError):
     """A depth file is missing, unreadable or not a depth map; the message names the file."""
 
 
+def check_registered(depth_shape: tuple[int, ...], image_shape: tuple[int, ...], what: str,
+                     image: str = "the image", fix: str = "depth must be registered to the image") -> None:
+    """DepthFileError unless the depth map has its image's height and width: depth is only
+    usable registered to the colour image, pixel for pixel. ``what`` and ``image`` name the
+    two in the message, ``fix`` says what to do."""
+    if tuple(depth_shape[:2]) != tuple(image_shape[:2]):
+        raise DepthFileError(f"{what} is {depth_shape[1]}x{depth_shape[0]} but {image} is "
+                             f"{image_shape[1]}x{image_shape[0]}: {fix}")
+
+
 def default_scale(dtype: np.dtype) -> float:
     """Metres per stored unit when nothing else is said: mm for integers, metres for floats."""
     return MM if np.issubdtype(dtype, np.integer) else 1.0

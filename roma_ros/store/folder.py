@@ -32,7 +32,7 @@ import yaml
 
 from roma_ros.imageio import ImageFileError, fsync_dir, load_rgb, replace_durably, save_bytes, save_rgb
 from roma_ros.pose import DISTORTION_LENGTHS
-from roma_ros.store.depth import DepthFileError, check_scale, load_depth, save_depth, to_metres
+from roma_ros.store.depth import DepthFileError, check_registered, check_scale, load_depth, save_depth, to_metres
 
 INDEX_FILE = "keyframes.yaml"
 DEFAULT_DIR = "~/.ros/roma_ros/keyframes"  # the node's keyframes_dir when its parameter is empty
@@ -181,9 +181,7 @@ def read_entry_depth(directory: Path, entry: dict[str, Any], image_shape: tuple[
     scale = parse_depth_scale(entry.get("depth_scale"), where)
     path = directory / str(entry["depth"])
     depth = load_depth(path, scale)
-    if depth.shape != tuple(image_shape[:2]):
-        raise DepthFileError(f"depth file '{path}' is {depth.shape[1]}x{depth.shape[0]} but its image is "
-                             f"{image_shape[1]}x{image_shape[0]}: depth must be registered to the image")
+    check_registered(depth.shape, image_shape, f"depth file '{path}'", image="its image")
     return depth
 
 
@@ -355,9 +353,8 @@ class KeyframeStore:
             raise IsADirectoryError(f"'{self.index_path}' is not a file (a folder?): rename or delete it, then add "
                                     "again")
         intrinsics = parse_intrinsics(intrinsics, "intrinsics")
-        if depth is not None and np.shape(depth) != image.shape[:2]:
-            raise ValueError(f"depth is {np.shape(depth)} but the image is {image.shape[:2]}: "
-                             "depth must be registered to the image")
+        if depth is not None:
+            check_registered(np.shape(depth), image.shape, "depth")
         self.directory.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.timezone.utc)
         name = self._unique_name(name or now.strftime("kf_%Y%m%d_%H%M%S_%f"), {k.name for k in existing})
