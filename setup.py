@@ -30,10 +30,10 @@ setup(
     license="MIT",
     entry_points={
         "console_scripts": [
-            "match_node = roma_ros.node:main",
-            "roma-match = roma_ros.cli:main",
-            "roma-demo = roma_ros.demo:main",
-            "roma-keyframes = roma_ros.keyframes_cli:main",
+            "match_node = roma_ros.ros.node:main",
+            "roma-match = roma_ros.cli.match:main",
+            "roma-demo = roma_ros.demo.run:main",
+            "roma-keyframes = roma_ros.cli.keyframes:main",
         ],
     },
 )

@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from roma_ros.matching.base import MatcherConfig
 from roma_ros.matching import local_corr
 from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it, build_roma
-from roma_ros.pipeline import DecisionConfig, Relocalizer
+from roma_ros.localize.pipeline import DecisionConfig, Relocalizer
 from speed import scene
 
 

@@ -19,7 +19,7 @@ from roma_ros.matching.base import MatcherConfig
 from roma_ros.matching.device import resolve_device
 from roma_ros.matching.fast_decode import DecodeOptions
 from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it
-from roma_ros.testdata import make_pair
+from roma_ros.demo.photo_pairs import make_pair
 
 
 def off(dw: torch.Tensor) -> str:

@@ -1,6 +1,6 @@
 """Place recognition on real photos: is the right keyframe found, and is a stranger refused?
 
-A set built offline from the photos scikit-image ships (roma_ros.testdata): each place is
+A set built offline from the photos scikit-image ships (roma_ros.demo.photo_pairs): each place is
 one photo, stored once as a keyframe (a mild view of it); the queries show each place under
 strong viewpoint, scale and lighting change (viewpoint_homography strength 1.0 plus
 photometric_change). Distractor queries are views and crops of photos that are never
@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from roma_ros.imageio import save_json
+from roma_ros.core.imageio import save_json
 from roma_ros.matching import MatcherConfig, build_matcher
 from roma_ros.matching.weights import checkpoints_for
-from roma_ros.pipeline import DecisionConfig, QueryResult, Relocalizer
+from roma_ros.localize.pipeline import DecisionConfig, QueryResult, Relocalizer
 from roma_ros.store import Keyframe
-from roma_ros.testdata import load_photo, viewpoint_homography, warp_pair
+from roma_ros.demo.photo_pairs import load_photo, viewpoint_homography, warp_pair
 
 IMAGE_SIZE = (480, 640)  # (height, width) of every keyframe and query
 PLACES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick")

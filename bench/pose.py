@@ -1,6 +1,6 @@
 """Relocalization pose accuracy on a synthetic sequence with known poses, and the pose step's cost.
 
-The sequence comes from roma_ros.synthetic_scene: a room of textured planes (scikit-image
+The sequence comes from roma_ros.demo.synthetic_scene: a room of textured planes (scikit-image
 photos) with exact depth, five posed keyframes and N queries under strong viewpoint change
 (0.6 to 1.8 m and 7 to 30 deg away from their keyframe, other exposure and noise). Each
 query is matched against three keyframes (retrieval is bench/place_recognition.py's job):
@@ -41,9 +41,9 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from roma_ros import synthetic_scene as ss
-from roma_ros.geometry import verify_fundamental
-from roma_ros.pose import PoseConfig, PoseEstimate, back_project, estimate_pose, lookup_depth, rotation_angle_deg
+from roma_ros.demo import synthetic_scene as ss
+from roma_ros.localize.geometry import verify_fundamental
+from roma_ros.localize.pose import PoseConfig, PoseEstimate, back_project, estimate_pose, lookup_depth, rotation_angle_deg
 
 TARGET_MS = 10.0
 THRESHOLDS = ((0.05, 5.0), (0.25, 2.0))  # (metres, degrees): the usual relocalization bins

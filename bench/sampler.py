@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import measure  # noqa: E402
 
 from roma_ros.matching.sampling import sample_balanced  # noqa: E402
-from roma_ros.testdata import make_pair, project  # noqa: E402
+from roma_ros.demo.photo_pairs import make_pair, project  # noqa: E402
 
 
 def homography_warp(res: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

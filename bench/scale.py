@@ -34,9 +34,9 @@ from place_recognition import random_crop, resized, view  # noqa: E402
 from roma_ros.matching import MatcherConfig  # noqa: E402
 from roma_ros.matching.device import resolve_device  # noqa: E402
 from roma_ros.matching.roma import EncodedImage, RomaMatcher  # noqa: E402
-from roma_ros.pipeline import DecisionConfig, QueryResult, Relocalizer  # noqa: E402
+from roma_ros.localize.pipeline import DecisionConfig, QueryResult, Relocalizer  # noqa: E402
 from roma_ros.store import Keyframe  # noqa: E402
-from roma_ros.testdata import PHOTO_NAMES, load_photo  # noqa: E402
+from roma_ros.demo.photo_pairs import PHOTO_NAMES, load_photo  # noqa: E402
 
 STAGES = ("encode", "shortlist", "match", "verify")
 

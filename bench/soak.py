@@ -1,6 +1,6 @@
 """Soak: match_node under a steady 30 Hz camera for N minutes, reliable and best effort.
 
-The node runs in a child process (``python -m roma_ros.node``, the real executable's code);
+The node runs in a child process (``python -m roma_ros.ros.node``, the real executable's code);
 this process publishes 640x480 rgb8 frames at --rate and records every ~/matches cloud and
 /diagnostics message. Per QoS mode it reports the node's RSS at start, middle and end, the
 frame counters and whether they add up (received = processed + replaced + bad_frames +
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_ros.rosenv import configure_local_dds
+from roma_ros.ros.rosenv import configure_local_dds
 
 configure_local_dds()
 
@@ -35,10 +35,10 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 
-from roma_ros.conversions import rgb_to_image_msg  # noqa: E402
-from roma_ros.health import adds_up  # noqa: E402
-from roma_ros.imageio import save_rgb  # noqa: E402
-from roma_ros.testdata import make_pair  # noqa: E402
+from roma_ros.ros.conversions import rgb_to_image_msg  # noqa: E402
+from roma_ros.ros.health import adds_up  # noqa: E402
+from roma_ros.core.imageio import save_rgb  # noqa: E402
+from roma_ros.demo.photo_pairs import make_pair  # noqa: E402
 
 PLACES = ("astronaut", "coffee", "chelsea")
 COUNTERS = ("received", "processed", "replaced", "bad_frames", "failed", "in_flight")
@@ -96,7 +96,7 @@ def wait(predicate, timeout: float) -> bool:
 def soak(qos: str, args: argparse.Namespace, folder: Path, frames: list[Image]) -> dict:
     params = {"model": args.model, "keyframes_dir": str(folder), "image_qos": qos, "min_inliers": 20,
               "ransac.threshold": 1.0, "diagnostics_period": 0.5, "debug.publish_image": False}
-    cmd = [sys.executable, "-m", "roma_ros.node", "--ros-args"]
+    cmd = [sys.executable, "-m", "roma_ros.ros.node", "--ros-args"]
     for key, value in params.items():
         cmd += ["-p", f"{key}:={value}"]
     log = tempfile.TemporaryFile()

@@ -35,15 +35,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import measure  # noqa: E402
 
-from roma_ros.geometry import verify_fundamental  # noqa: E402
+from roma_ros.localize.geometry import verify_fundamental  # noqa: E402
 from roma_ros.matching.base import MatcherConfig  # noqa: E402
 from roma_ros.matching.device import resolve_device  # noqa: E402
 from roma_ros.matching.fast_decode import DecodeOptions  # noqa: E402
 from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it, build_roma, has_fused_correlation  # noqa: E402
 from roma_ros.matching.sampling import normalized_to_pixels  # noqa: E402
-from roma_ros.pipeline import DecisionConfig, Relocalizer  # noqa: E402
+from roma_ros.localize.pipeline import DecisionConfig, Relocalizer  # noqa: E402
 from roma_ros.store import Keyframe  # noqa: E402
-from roma_ros.testdata import PHOTO_NAMES, make_pair  # noqa: E402
+from roma_ros.demo.photo_pairs import PHOTO_NAMES, make_pair  # noqa: E402
 
 
 def scene(k: int) -> tuple[np.ndarray, list[Keyframe]]:

@@ -20,7 +20,7 @@ import time
 import cv2
 import numpy as np
 
-from roma_ros.geometry import verify_fundamental, verify_fundamental_subset
+from roma_ros.localize.geometry import verify_fundamental, verify_fundamental_subset
 
 INTRINSICS = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from roma_ros.rosenv import configure_local_dds
+from roma_ros.ros.rosenv import configure_local_dds
 
 configure_local_dds(seed=os.getpid())
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).resolve().parent / ".torch_home_unused"))

@@ -5,10 +5,11 @@ import cv2
 import numpy as np
 import pytest
 
-from roma_ros.geometry import verify_matches
-from roma_ros.matching.base import Matches, MatcherConfig, build_matcher
+from roma_ros.localize.geometry import verify_matches
+from roma_ros.matching.base import Matches, MatcherConfig
+from roma_ros.matching.registry import build_matcher
 from roma_ros.matching.classical import ClassicalMatcher
-from roma_ros.testdata import (
+from roma_ros.demo.photo_pairs import (
     PHOTO_NAMES,
     correspondences_with_outliers,
     ground_truth_error,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roma_ros.imageio import save_rgb
-from roma_ros.testdata import make_pair
+from roma_ros.core.imageio import save_rgb
+from roma_ros.demo.photo_pairs import make_pair
 
 SCRIPT = Path(sys.executable).with_name("roma-match")
 
@@ -111,7 +111,7 @@ def test_missing_weights_message_from_the_command(pair_files, tmp_path):
 @pytest.fixture(scope="module")
 def posed_pair(tmp_path_factory):
     """A rendered keyframe with exact depth (16-bit PNG in mm and .npy in m) and a query view."""
-    from roma_ros import synthetic_scene as ss
+    from roma_ros.demo import synthetic_scene as ss
     from roma_ros.store import save_depth
 
     folder = tmp_path_factory.mktemp("posed")
@@ -135,7 +135,7 @@ def pose_args(files, intrinsics, *extra):
 
 @pytest.mark.parametrize("depth_file", ["depth.png", "depth.npy"])
 def test_metric_pose_from_keyframe_depth(posed_pair, tmp_path, depth_file):
-    from roma_ros.pose import matrix_from_quaternion, rotation_angle_deg
+    from roma_ros.localize.pose import matrix_from_quaternion, rotation_angle_deg
 
     files, intrinsics, (R, t) = posed_pair
     out = tmp_path / "pose.json"

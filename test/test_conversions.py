@@ -1,4 +1,4 @@
-"""roma_ros.conversions with real message objects: pixel values, layouts, errors, serialization."""
+"""roma_ros.ros.conversions with real message objects: pixel values, layouts, errors, serialization."""
 
 import array
 
@@ -12,7 +12,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from roma_ros.conversions import (
+from roma_ros.ros.conversions import (
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
@@ -398,7 +398,7 @@ def camera_info(fx=500.0, fy=510.0, cx=319.5, cy=239.5, d=(), model="plumb_bob",
 
 
 def test_camera_info_shifts_the_principal_point_once_and_keeps_distortion():
-    from roma_ros.conversions import camera_info_intrinsics, camera_info_to_camera
+    from roma_ros.ros.conversions import camera_info_intrinsics, camera_info_to_camera
 
     camera = camera_info_to_camera(camera_info())
     # CameraInfo puts pixel centres at integers; ours are at +0.5: the centre of a 640x480 image.
@@ -422,7 +422,7 @@ def test_camera_info_shifts_the_principal_point_once_and_keeps_distortion():
     (dict(d=(0.1, 0.2, 0.3)), "distortion coefficients"),
 ])
 def test_unusable_camera_info_says_why(info, message):
-    from roma_ros.conversions import CameraInfoError, camera_info_to_camera
+    from roma_ros.ros.conversions import CameraInfoError, camera_info_to_camera
 
     with pytest.raises(CameraInfoError, match=message):
         camera_info_to_camera(camera_info(**info))
@@ -434,7 +434,7 @@ def test_unusable_camera_info_says_why(info, message):
 
 @pytest.mark.parametrize("bigendian", [False, True])
 def test_depth_16uc1_with_padding_and_32fc1(bigendian):
-    from roma_ros.conversions import depth_msg_to_array, depth_msg_to_metres
+    from roma_ros.ros.conversions import depth_msg_to_array, depth_msg_to_metres
 
     mm = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 7)
     padded = np.zeros((H, W + 3), mm.dtype.newbyteorder(">" if bigendian else "<"))
@@ -454,7 +454,7 @@ def test_depth_16uc1_with_padding_and_32fc1(bigendian):
 
 
 def test_bad_depth_images_are_conversion_errors():
-    from roma_ros.conversions import depth_msg_to_array
+    from roma_ros.ros.conversions import depth_msg_to_array
 
     for msg, message in ((Image(height=2, width=2, encoding="rgb8", step=6, data=array.array("B", bytes(12))),
                           "unsupported depth encoding 'rgb8'"),
@@ -468,7 +468,7 @@ def test_bad_depth_images_are_conversion_errors():
 def test_pose_messages_and_initialpose_floor():
     from geometry_msgs.msg import Pose, PoseWithCovarianceStamped, Quaternion
 
-    from roma_ros.conversions import (
+    from roma_ros.ros.conversions import (
         INITIALPOSE_FLOOR, floor_initialpose_covariance, msg_to_pose, pose_with_covariance_msg,
     )
 
@@ -495,12 +495,12 @@ def added_arrows(markers: list) -> list:
 
 
 def test_markers_arrow_points_where_the_camera_looks():
-    from roma_ros.pose import matrix_from_quaternion
+    from roma_ros.localize.pose import matrix_from_quaternion
 
     quarter = np.sqrt(0.5)
     # An optical frame looking along map +x (z_cam = x_map): rotation -90 deg about x, then -90 about z.
     R_map_cam = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-    from roma_ros.pose import quaternion_from_matrix
+    from roma_ros.localize.pose import quaternion_from_matrix
 
     q = quaternion_from_matrix(R_map_cam)
     markers = match_markers("map", Time(sec=3), "kf", None, True, "ok", query_pose=((1.0, 2.0, 0.5), q)).markers

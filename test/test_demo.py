@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_ros import demo
-from roma_ros.imageio import load_rgb
+from roma_ros.demo import run as demo
+from roma_ros.core.imageio import load_rgb
 
 REPO = Path(__file__).resolve().parent.parent
 

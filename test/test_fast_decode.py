@@ -9,7 +9,7 @@ from torch import nn
 from conftest import TEST_UPSAMPLE, roma_config
 from roma_ros.matching.fast_decode import buckets_for, folded_sequential
 from roma_ros.matching.roma import RomaMatcher
-from roma_ros.testdata import load_photo
+from roma_ros.demo.photo_pairs import load_photo
 
 
 def block_with_trained_norm(depthwise: bool, bias: bool) -> nn.Sequential:

@@ -7,10 +7,10 @@ import torch
 
 from conftest import roma_config
 from roma_ros.matching.roma import RomaMatcher
-from roma_ros.pipeline import DecisionConfig, Relocalizer
+from roma_ros.localize.pipeline import DecisionConfig, Relocalizer
 from roma_ros.store import Keyframe, cache_file_name
 from roma_ros.store.cache import FeatureCache, cache_for
-from roma_ros.testdata import make_pair
+from roma_ros.demo.photo_pairs import make_pair
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_node_adds_keyframes_through_the_cache(ros, roma_model, tmp_path):
     from rosutil import wait_for
     from test_node import start
 
-    from roma_ros.imageio import save_rgb
+    from roma_ros.core.imageio import save_rgb
 
     folder = tmp_path / "kf"
     for name in ("astronaut", "coffee"):

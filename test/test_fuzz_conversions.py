@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image
 
-from roma_ros.conversions import (
+from roma_ros.ros.conversions import (
     FRAME_FAULTS, MIN_IMAGE_SIDE, SUPPORTED_ENCODINGS, ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb,
 )
 

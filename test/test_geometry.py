@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from roma_ros import geometry
-from roma_ros.geometry import (
+from roma_ros.localize import geometry
+from roma_ros.localize.geometry import (
     RANSAC_METHODS,
     Verification,
     inlier_counts_for_thresholds,

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from roma_ros.health import FrameAccounting, Level, LogThrottle, Outcome, SequenceGaps, adds_up
+from roma_ros.ros.health import FrameAccounting, Level, LogThrottle, Outcome, SequenceGaps, adds_up
 
 
 def test_every_frame_ends_in_one_counter():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from roma_ros.imageio import save_rgb
+from roma_ros.store.check import check_store
+from roma_ros.core.imageio import save_rgb
 from roma_ros.store import KeyframeStore
 
 
@@ -120,7 +121,7 @@ def test_16_bit_keyframe_files_scale_like_16_bit_queries(tmp_path):
     """A 12-bit camera's PNG keyframe must not load nearly black (as `>> 8` would make it)."""
     import cv2
 
-    from roma_ros.imageio import load_rgb
+    from roma_ros.core.imageio import load_rgb
 
     twelve_bit = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 4095 // 599).astype(np.uint16)
     cv2.imwrite(str(tmp_path / "kf.png"), twelve_bit)
@@ -251,4 +252,4 @@ def test_add_with_depth_writes_lossless_files_and_reloads_them(tmp_path, monkeyp
     with pytest.raises(ValueError, match="focal"):
         store.add(image(3), keyframes, name="bad", intrinsics={"fx": 0, "fy": 1, "cx": 1, "cy": 1})
     assert not (tmp_path / "kf" / "bad.png").exists() and not (tmp_path / "kf" / "depth" / "bad.png").exists()
-    assert store.check() == []
+    assert check_store(store) == []

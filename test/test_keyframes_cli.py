@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from roma_ros.imageio import load_rgb, save_rgb
-from roma_ros.keyframes_cli import build_parser, main
+from roma_ros.store.check import check_store
+from roma_ros.core.imageio import load_rgb, save_rgb
+from roma_ros.cli.keyframes import build_parser, main
 from roma_ros.store import DEFAULT_DIR, KeyframeStore, UnknownKeyframe, cache_file_name
 
 SCRIPT = Path(sys.executable).with_name("roma-keyframes")
@@ -151,7 +152,7 @@ def test_failed_index_write_during_remove_leaves_the_previous_state(tmp_path, mo
     assert [k.name for k in keyframes] == ["p", "q", "r"] and store.warnings == []
     assert keyframes[1].pose[0] == (1.0, 0.0, 0.0)
     np.testing.assert_array_equal(keyframes[1].image, picture(40))
-    assert store.check() == []
+    assert check_store(store) == []
 
 
 def test_crash_inside_remove_is_undone_or_finished_by_repair(tmp_path):
@@ -167,13 +168,13 @@ def test_crash_inside_remove_is_undone_or_finished_by_repair(tmp_path):
     (kf / "gone.png").replace(kf / ".trash" / "gone.png")
     assert [k.name for k in store.load()] == ["p"]
 
-    problems = store.check()
+    problems = check_store(store)
     assert "image q.png is in .trash/ but still listed (interrupted removal)" in problems
     assert ".trash/gone.png is left over from a removal" in problems
-    actions = store.check(repair=True)
+    actions = check_store(store, repair=True)
     assert "image q.png is in .trash/ but still listed (interrupted removal) -> put back" in actions
     assert ".trash/gone.png is left over from a removal -> deleted" in actions
-    assert [k.name for k in store.load()] == ["p", "q"] and store.check() == []
+    assert [k.name for k in store.load()] == ["p", "q"] and check_store(store) == []
 
 
 def test_check_reports_and_repair_fixes_without_deleting_images(tmp_path):
@@ -262,7 +263,7 @@ def test_corrupt_index_is_kept_as_backup_and_rewritten(tmp_path, capsys):
     assert len(backups) == 1 and backups[0].read_text() == broken
     assert index_entries(kf) == [{"name": "a", "image": "a.png"}, {"name": "b", "image": "b.png"}]
     store = KeyframeStore(kf)
-    assert [k.name for k in store.load()] == ["a", "b"] and store.warnings == [] and store.check() == []
+    assert [k.name for k in store.load()] == ["a", "b"] and store.warnings == [] and check_store(store) == []
 
 
 def test_build_cache_writes_one_file_per_keyframe_then_loads_them(tmp_path, capsys, monkeypatch):
@@ -297,7 +298,7 @@ def test_build_cache_writes_one_file_per_keyframe_then_loads_them(tmp_path, caps
     # remove deletes the keyframe's cache file too, and check finds nothing left over.
     code, out, _ = run(capsys, "remove", "far", "--dir", kf)
     assert code == 0 and [p.name for p in folders[0].iterdir()] == [cache_file_name(kf, "near.png")]
-    assert store.check() == []
+    assert check_store(store) == []
 
 
 def test_classical_model_has_no_cache_to_build(tmp_path, capsys):
@@ -337,7 +338,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def test_defaults_agree_with_the_node_and_the_feature_cache():
-    from roma_ros import params
+    from roma_ros.ros import params
     from roma_ros.store import cache, folder
 
     assert build_parser().parse_args(["list"]).dir == DEFAULT_DIR
@@ -427,13 +428,13 @@ def test_remove_with_depth_is_undone_when_the_index_write_fails(tmp_path, monkey
         store.remove("p")
     monkeypatch.undo()
     assert (kf / "depth" / "p.png").read_bytes() == depth_bytes and (kf / "p.png").is_file()
-    assert store.check() == [] and KeyframeStore(kf).load()[0].depth[0, 0] == 1.0
+    assert check_store(store) == [] and KeyframeStore(kf).load()[0].depth[0, 0] == 1.0
     # A crash between trashing the files and writing the index: repair puts both back.
     (kf / ".trash" / "depth").mkdir(parents=True)
     (kf / "p.png").replace(kf / ".trash" / "p.png")
     (kf / "depth" / "p.png").replace(kf / ".trash" / "depth" / "p.png")
-    assert any("depth/p.png is in .trash/ but still listed" in line for line in store.check(repair=True))
-    assert KeyframeStore(kf).load()[0].depth[0, 0] == 1.0 and store.check() == []
+    assert any("depth/p.png is in .trash/ but still listed" in line for line in check_store(store, repair=True))
+    assert KeyframeStore(kf).load()[0].depth[0, 0] == 1.0 and check_store(store) == []
 
 
 def test_depth_options_errors_are_one_line(tmp_path):

@@ -39,7 +39,7 @@ def test_launch_file_starts_match_node():
     assert nodes[0]["name"] == "roma_matcher"
     assert not any(getattr(c.func, "id", "") == "OpaqueFunction" for c in calls)
     setup_py = (REPO / "setup.py").read_text()
-    assert '"match_node = roma_ros.node:main"' in setup_py
+    assert '"match_node = roma_ros.ros.node:main"' in setup_py
     declared = {c.args[0].value for c in calls if getattr(c.func, "id", "") == "DeclareLaunchArgument"
                 and isinstance(c.args[0], ast.Constant)}
     overrides = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)

@@ -11,9 +11,9 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 
 from rosutil import Probe, Spinner, wait_for
-from roma_ros.conversions import pointcloud2_to_matches, rgb_to_compressed_msg, rgb_to_image_msg
-from roma_ros.imageio import save_rgb
-from roma_ros.testdata import make_pair
+from roma_ros.ros.conversions import pointcloud2_to_matches, rgb_to_compressed_msg, rgb_to_image_msg
+from roma_ros.core.imageio import save_rgb
+from roma_ros.demo.photo_pairs import make_pair
 
 PLACES = ("astronaut", "coffee", "chelsea")
 
@@ -37,7 +37,7 @@ def start(ros, folder, matcher=None, **overrides):
     values = {"model": "classical", "keyframes_dir": str(folder), "image_qos": "reliable",
               "min_inliers": 30, "ransac.threshold": 1.0, "diagnostics_period": 0.2}
     values.update(overrides)
-    from roma_ros.node import MatchNode
+    from roma_ros.ros.node import MatchNode
 
     node = MatchNode(matcher=matcher, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
     probe = Probe()

@@ -19,11 +19,11 @@ from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker
 
 from rosutil import RELIABLE, Probe, Spinner, wait_for
-from roma_ros.conversions.images import _bytes
-from roma_ros.pose import matrix_to_pose, pose_to_matrix, rotation_angle_deg
+from roma_ros.ros.conversions.images import _bytes
+from roma_ros.localize.pose import matrix_to_pose, pose_to_matrix, rotation_angle_deg
 from roma_ros.store import KeyframeStore
-from roma_ros.synthetic_scene import relocalization_set
-from roma_ros.testdata import make_pair
+from roma_ros.demo.synthetic_scene import relocalization_set
+from roma_ros.demo.photo_pairs import make_pair
 
 # The classical matcher on 240x320 renders lands within ~1 cm and 0.2 deg (test_pipeline_pose).
 MAX_POSITION_ERROR_M = 0.05
@@ -92,7 +92,7 @@ def posed_store(folder, views) -> None:
 
 
 def start_node(folder, **overrides):
-    from roma_ros.node import MatchNode
+    from roma_ros.ros.node import MatchNode
 
     node = MatchNode(parameter_overrides=[Parameter(k, value=v) for k, v in {
         "model": "classical", "keyframes_dir": str(folder), "image_qos": "reliable",

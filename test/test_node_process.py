@@ -13,10 +13,10 @@ import yaml
 from rclpy.parameter import Parameter
 
 from rosutil import Probe, Spinner, stop_process, wait_for
-from roma_ros.conversions import pointcloud2_to_matches
-from roma_ros.params import PARAMS
+from roma_ros.ros.conversions import pointcloud2_to_matches
+from roma_ros.ros.params import PARAMS
 from test_node import PLACES, start, write_keyframes
-from roma_ros.testdata import make_pair
+from roma_ros.demo.photo_pairs import make_pair
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO / "config" / "match.yaml"

@@ -7,12 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from roma_ros.matching.base import MatcherConfig, build_matcher
-from roma_ros.pipeline import DecisionConfig, Relocalizer
-from roma_ros.pose import PoseConfig, map_pose, pose_to_matrix, rotation_angle_deg
+from roma_ros.matching.base import MatcherConfig
+from roma_ros.matching.registry import build_matcher
+from roma_ros.localize.pipeline import DecisionConfig, Relocalizer
+from roma_ros.localize.pose import PoseConfig, map_pose, pose_to_matrix, rotation_angle_deg
 from roma_ros.store import Keyframe
-from roma_ros.synthetic_scene import relocalization_set
-from roma_ros.testdata import make_pair
+from roma_ros.demo.synthetic_scene import relocalization_set
+from roma_ros.demo.photo_pairs import make_pair
 
 # Bounds for the classical matcher at 240x320 (measured: 3-11 mm, 0.04-0.15 deg on seed 0).
 MAX_POSITION_ERROR_M = 0.05

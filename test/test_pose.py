@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from roma_ros import synthetic_scene as ss
-from roma_ros.geometry import verify_fundamental
-from roma_ros.pose import (
+from roma_ros.demo import synthetic_scene as ss
+from roma_ros.localize.geometry import verify_fundamental
+from roma_ros.localize.pose import (
     CameraModel,
     PoseConfig,
     PoseEstimate,

@@ -15,8 +15,8 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
 
 from rosutil import Probe, wait_for
-from roma_ros.conversions import rgb_to_compressed_msg, rgb_to_image_msg
-from roma_ros.testdata import make_pair
+from roma_ros.ros.conversions import rgb_to_compressed_msg, rgb_to_image_msg
+from roma_ros.demo.photo_pairs import make_pair
 from test_node import PLACES, start, write_keyframes
 
 
@@ -231,10 +231,10 @@ def files_under(folder) -> set:
 def test_feature_cache_never_writes_outside_the_keyframe_folder(roma_model, tmp_path):
     from conftest import roma_config
     from roma_ros.store.cache import cache_for
-    from roma_ros.imageio import save_rgb
+    from roma_ros.core.imageio import save_rgb
     from roma_ros.store import KeyframeStore
     from roma_ros.matching.roma import RomaMatcher
-    from roma_ros.pipeline import Relocalizer
+    from roma_ros.localize.pipeline import Relocalizer
 
     outside = tmp_path / "outside"
     folder = tmp_path / "deep" / "kf"
@@ -284,7 +284,7 @@ def test_remove_refuses_a_symlinked_trash(tmp_path):
 def test_store_syncs_each_file_then_its_folder_after_the_rename(tmp_path, monkeypatch):
     import os
 
-    import roma_ros.imageio as imageio
+    import roma_ros.core.imageio as imageio
     from roma_ros.store import KeyframeStore
 
     synced, renamed = [], []
@@ -310,7 +310,7 @@ def test_store_syncs_each_file_then_its_folder_after_the_rename(tmp_path, monkey
 def test_codec_lines_are_caught_and_other_stderr_output_is_kept(capfd):
     import os
 
-    from roma_ros.imageio import quiet_opencv
+    from roma_ros.core.imageio import quiet_opencv
 
     with quiet_opencv() as codec:
         os.write(2, b"libpng error: IDAT: CRC error\n[INFO] [roma_matcher]: another thread's line\n")

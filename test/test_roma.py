@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import TEST_COARSE, TEST_UPSAMPLE, roma_config
 from roma_ros.matching.roma import RomaMatcher, as_romatch_builds_it
 from roma_ros.matching.tiny import TinyRomaMatcher
-from roma_ros.testdata import load_photo
+from roma_ros.demo.photo_pairs import load_photo
 
 
 def photo(name: str, hw: tuple[int, int]) -> np.ndarray:

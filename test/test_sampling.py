@@ -82,8 +82,8 @@ def test_inlier_fraction_matches_romatchs_sampler_on_a_real_warp():
 
     from romatch.models.matcher import RegressionMatcher
 
-    from roma_ros.geometry import verify_fundamental
-    from roma_ros.testdata import make_pair, project
+    from roma_ros.localize.geometry import verify_fundamental
+    from roma_ros.demo.photo_pairs import make_pair, project
 
     res = 140
     pair = make_pair("coffee", seed=4, size=(res, res))

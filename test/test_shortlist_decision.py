@@ -7,9 +7,9 @@ import pytest
 from conftest import roma_config
 from roma_ros.matching.classical import ClassicalMatcher
 from roma_ros.matching.roma import RomaMatcher
-from roma_ros.pipeline import CandidateResult, DecisionConfig, Relocalizer, decide, shortlist
+from roma_ros.localize.pipeline import CandidateResult, DecisionConfig, Relocalizer, decide, shortlist
 from roma_ros.store import Keyframe
-from roma_ros.testdata import make_pair
+from roma_ros.demo.photo_pairs import make_pair
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass")
 
@@ -85,7 +85,7 @@ def test_min_overlap_rejects_low_certainty(roma_reloc):
 
 
 def test_score_weights_inliers_by_overlap():
-    from roma_ros.geometry import Verification
+    from roma_ros.localize.geometry import Verification
     from roma_ros.matching.base import Matches
 
     def candidate(inliers: int, overlap: float | None) -> CandidateResult:

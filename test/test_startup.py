@@ -1,4 +1,4 @@
-"""Start-up parameters: the rules of roma_ros.params, and match_node started as its own process
+"""Start-up parameters: the rules of roma_ros.ros.params, and match_node started as its own process
 the way `ros2 launch` starts it (params file, -p overrides, namespace, remaps, use_sim_time)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 
 from rosutil import Probe, Spinner, stop_process, wait_for
-from roma_ros import params as P
+from roma_ros.ros import params as P
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO / "config" / "match.yaml"
@@ -223,7 +223,7 @@ def test_stamps_follow_sim_time(launched):
 
 
 def test_user_values_beat_model_defaults(ros, tmp_path):
-    from roma_ros.node import MatchNode
+    from roma_ros.ros.node import MatchNode
 
     overrides = {"model": "classical", "keyframes_dir": str(tmp_path), "min_inliers": 35}
     node = MatchNode(parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])

@@ -1,9 +1,9 @@
-"""Pairing depth frames and keyframe poses with an image by stamp (roma_ros.sync)."""
+"""Pairing depth frames and keyframe poses with an image by stamp (roma_ros.mapping.sync)."""
 from __future__ import annotations
 
 from builtin_interfaces.msg import Time
 
-from roma_ros.sync import StampBuffer, stamp_ns
+from roma_ros.mapping.sync import StampBuffer, stamp_ns
 
 
 def test_nearest_within_tolerance_and_bounded():

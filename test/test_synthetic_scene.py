@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from roma_ros import synthetic_scene as ss
-from roma_ros.pose import pose_to_matrix, rotation_angle_deg
+from roma_ros.demo import synthetic_scene as ss
+from roma_ros.localize.pose import pose_to_matrix, rotation_angle_deg
 
 
 def test_depth_is_exact_on_the_planes_and_nan_where_there_is_none():

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roma_ros.geometry import sampson_distance, verify_fundamental, verify_fundamental_subset
-from roma_ros.pipeline import DecisionConfig
+from roma_ros.localize.geometry import sampson_distance, verify_fundamental, verify_fundamental_subset
+from roma_ros.localize.pipeline import DecisionConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from verify_samples import two_view_matches  # noqa: E402

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from roma_ros.visualize import (
+from roma_ros.localize.visualize import (
     BANNER_BG,
     BANNER_HEIGHT,
     INLIER_COLOUR,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roma_ros.matching.base import MatcherConfig, WeightsError, build_matcher
+from roma_ros.matching.base import MatcherConfig, WeightsError
+from roma_ros.matching.registry import build_matcher
 from roma_ros.matching.weights import URLS, load_checkpoints
 
 

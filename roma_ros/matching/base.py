@@ -138,19 +138,3 @@ class Matcher(Protocol):
     def match(self, query: np.ndarray, candidate: np.ndarray) -> Matches:
         """Match two RGB uint8 images (H, W, 3) and return sampled correspondences."""
         ...
-
-
-def build_matcher(config: MatcherConfig) -> Matcher:
-    """Build the matcher named by ``config.model`` (imports torch only for RoMa models)."""
-    config.validate()
-    if config.model == "classical":
-        from roma_ros.matching.classical import ClassicalMatcher
-
-        return ClassicalMatcher(num_features=config.extra.get("num_features", 4000))
-    if config.model == "tiny_roma_outdoor":
-        from roma_ros.matching.tiny import TinyRomaMatcher
-
-        return TinyRomaMatcher(config)
-    from roma_ros.matching.roma import RomaMatcher
-
-    return RomaMatcher(config)

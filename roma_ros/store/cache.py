@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from roma_ros.imageio import save_bytes
+from roma_ros.core.imageio import save_bytes
 from roma_ros.store.folder import CACHE_DIR, UnsafeFolderError, cache_file_name, confined_subdir
 
 __all__ = ["CACHE_DIR", "FeatureCache", "cache_for", "image_digest"]

@@ -1,4 +1,4 @@
-"""Consistency check and repair of a keyframe store (``KeyframeStore.check``).
+"""Consistency check and repair of a keyframe store (``check_store``; ``roma-keyframes check``).
 
 Finds what crashes, hand edits and removed images leave behind: temp files of
 interrupted writes, an unreadable keyframes.yaml, images of an interrupted removal
@@ -15,17 +15,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from roma_ros.imageio import ImageFileError, load_rgb
+from roma_ros.core.imageio import ImageFileError, load_rgb
 from roma_ros.store.depth import DepthFileError, valid_fraction
 from roma_ros.store.folder import (
     CACHE_DIR, DEPTH_DIR, TRASH_DIR, UnsafeFolderError, _parse_pose, cache_file_name, confined_subdir, entry_name,
-    indexed_files, parse_intrinsics, read_entry_depth,
+    KeyframeStore, indexed_files, parse_intrinsics, read_entry_depth,
 )
-
-if TYPE_CHECKING:
-    from roma_ros.store.folder import KeyframeStore
 
 UNREADABLE_DIR = ".unreadable"
 MIN_VALID_DEPTH = 0.05  # a depth map with fewer known pixels is reported as nearly empty

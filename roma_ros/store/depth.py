@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from roma_ros.imageio import _atomic_write, quiet_opencv
+from roma_ros.core.imageio import _atomic_write, quiet_opencv
 
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 MM = 0.001  # metres per unit of 16-bit depth (ROS 16UC1)

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from roma_ros.imageio import ImageFileError, fsync_dir, load_rgb, replace_durably, save_bytes, save_rgb
-from roma_ros.pose import DISTORTION_LENGTHS
+from roma_ros.core.imageio import ImageFileError, fsync_dir, load_rgb, replace_durably, save_bytes, save_rgb
+from roma_ros.core.camera import DISTORTION_LENGTHS
 from roma_ros.store.depth import DepthFileError, check_registered, check_scale, load_depth, save_depth, to_metres
 
 INDEX_FILE = "keyframes.yaml"
@@ -454,10 +454,3 @@ class KeyframeStore:
         with contextlib.suppress(OSError):
             for folder in list(trashed.relative_to(self.directory).parents)[:-1]:
                 (self.directory / folder).rmdir()
-
-    def check(self, repair: bool = False) -> list[str]:
-        """Problems of the store, one line each; with ``repair`` each line also says what was
-        done. See check.py; user images are never deleted."""
-        from roma_ros.store.check import check_store
-
-        return check_store(self, repair)

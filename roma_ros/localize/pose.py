@@ -26,16 +26,18 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]  # = keyframes.Pose
+from roma_ros.core.camera import DISTORTION_LENGTHS, CameraModel
+from roma_ros.core.transforms import (
+    Pose, matrix_from_quaternion, matrix_to_pose, pose_to_matrix, quaternion_from_matrix, rotation_angle_deg,
+)
 
-# OpenCV distortion vectors (k1 k2 p1 p2 [k3 [k4 k5 k6 [s1 s2 s3 s4 [tx ty]]]]).
-DISTORTION_LENGTHS = (0, 4, 5, 8, 12, 14)
+__all__ = ["DISTORTION_LENGTHS", "CameraModel", "Pose", "matrix_from_quaternion", "matrix_to_pose",
+           "pose_to_matrix", "quaternion_from_matrix", "rotation_angle_deg"]  # re-exported for callers
+
 # Fewer points leave a 6-DoF fit without residual degrees of freedom for a covariance.
 MIN_PNP_POINTS = 6
 _ESSENTIAL_MIN_POINTS = 8
 _ESSENTIAL_MAX_POINTS = 1000
-# cv2.undistortPoints' 5 fixed iterations leave ~1e-5 rad at strong distortion.
-_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-12)
 _LM_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 1e-10)
 # The first refinement only has to make the inlier re-selection unbiased: a subsample will do.
 _FIRST_REFINE_POINTS = 1000
@@ -45,79 +47,8 @@ _LINEAR_STEP = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
-# Cameras and configuration
+# Configuration and result
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CameraModel:
-    """Pinhole intrinsics (cx, cy with pixel centres at +0.5) and OpenCV distortion."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    distortion: tuple[float, ...] = ()
-
-    @classmethod
-    def from_ros(cls, fx: float, fy: float, cx: float, cy: float, distortion=()) -> "CameraModel":
-        """From ROS/OpenCV intrinsics (pixel centres at integers), e.g. CameraInfo K or
-        keyframes.yaml: the one place where the half-pixel shift happens."""
-        return cls(float(fx), float(fy), float(cx) + 0.5, float(cy) + 0.5,
-                   tuple(float(d) for d in (distortion or ())))
-
-    @classmethod
-    def from_intrinsics(cls, intrinsics: dict) -> "CameraModel":
-        """From an ``{fx, fy, cx, cy[, distortion]}`` mapping in the ROS/OpenCV convention, as
-        keyframes.yaml and ``conversions.camera_info_intrinsics`` hold them."""
-        k = intrinsics
-        return cls.from_ros(k["fx"], k["fy"], k["cx"], k["cy"], k.get("distortion", ()))
-
-    def to_ros(self) -> tuple[float, float, float, float]:
-        """(fx, fy, cx, cy) with pixel centres at integers, as ROS and keyframes.yaml store them."""
-        return self.fx, self.fy, self.cx - 0.5, self.cy - 0.5
-
-    def matrix(self) -> np.ndarray:
-        """3x3 K in our pixel frame."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    @property
-    def distorted(self) -> bool:
-        """Whether the distortion is non-zero (an all-zero plumb_bob vector means none)."""
-        return any(d != 0.0 for d in self.distortion)
-
-    def dist_coeffs(self) -> np.ndarray | None:
-        return np.asarray(self.distortion, dtype=np.float64) if self.distorted else None
-
-    def validate(self) -> None:
-        """ValueError naming the bad value: non-positive or non-finite focal length, etc."""
-        for name in ("fx", "fy"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"focal length {name}={value} must be a positive number of pixels")
-        for name in ("cx", "cy"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"principal point {name}={getattr(self, name)} must be finite")
-        if len(self.distortion) not in DISTORTION_LENGTHS:
-            raise ValueError(f"{len(self.distortion)} distortion coefficients: OpenCV takes "
-                             f"{', '.join(map(str, DISTORTION_LENGTHS[1:]))} (plumb_bob: 5, "
-                             "rational_polynomial: 8)")
-        if not all(math.isfinite(d) for d in self.distortion):
-            raise ValueError("distortion coefficients must be finite")
-
-    def undistort(self, pts: np.ndarray) -> np.ndarray:
-        """(N, 2) pixels -> the pixels an ideal pinhole camera with the same K would see."""
-        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-        if not self.distorted or len(pts) == 0:
-            return pts
-        K = self.matrix()
-        return cv2.undistortPointsIter(pts.reshape(-1, 1, 2), K, self.dist_coeffs(), None, K,
-                                       _UNDISTORT_CRITERIA).reshape(-1, 2)
-
-    def normalized(self, pts: np.ndarray) -> np.ndarray:
-        """(N, 2) pixels -> (N, 2) normalized image coordinates (x/z, y/z), undistorted."""
-        pts = self.undistort(pts)
-        return np.column_stack([(pts[:, 0] - self.cx) / self.fx, (pts[:, 1] - self.cy) / self.fy])
-
-
 @dataclass
 class PoseConfig:
     """The pose gates and filters: the node's live ``pose.*`` parameters and roma-match's options.
@@ -193,62 +124,8 @@ def _none(reason: str, n: int) -> PoseEstimate:
 
 
 # --------------------------------------------------------------------------------------------
-# Rotations
+# Helpers
 # --------------------------------------------------------------------------------------------
-def quaternion_from_matrix(R: np.ndarray) -> tuple[float, float, float, float]:
-    """3x3 rotation -> unit quaternion [x, y, z, w] with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    # Shepperd's method: pivot on the largest of w, x, y, z for numerical stability.
-    t = np.trace(R)
-    diag = (t, R[0, 0], R[1, 1], R[2, 2])
-    k = int(np.argmax(diag))
-    if k == 0:
-        s = 2.0 * math.sqrt(1.0 + t)
-        q = ((R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4)
-    elif k == 1:
-        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = (s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s)
-    elif k == 2:
-        s = 2.0 * math.sqrt(1.0 - R[0, 0] + R[1, 1] - R[2, 2])
-        q = ((R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 - R[0, 0] - R[1, 1] + R[2, 2])
-        q = ((R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s)
-    qa = np.asarray(q) / np.linalg.norm(q)
-    if qa[3] < 0:
-        qa = -qa
-    return tuple(float(v) for v in qa)  # type: ignore[return-value]
-
-
-def matrix_from_quaternion(q) -> np.ndarray:
-    """Quaternion [x, y, z, w] (normalised here) -> 3x3 rotation."""
-    x, y, z, w = np.asarray(q, dtype=np.float64).reshape(4) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    """Angle (degrees) of the rotation between two rotation matrices."""
-    c = (np.trace(np.asarray(R_a).T @ np.asarray(R_b)) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
-
-
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    """((x, y, z), (qx, qy, qz, qw)) -> 4x4 homogeneous transform."""
-    T = np.eye(4)
-    T[:3, :3] = matrix_from_quaternion(pose[1])
-    T[:3, 3] = np.asarray(pose[0], dtype=np.float64).reshape(3)
-    return T
-
-
-def matrix_to_pose(T: np.ndarray) -> Pose:
-    t = np.asarray(T, dtype=np.float64)[:3, 3]
-    return (float(t[0]), float(t[1]), float(t[2])), quaternion_from_matrix(np.asarray(T)[:3, :3])
-
-
 def _skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
@@ -310,7 +187,7 @@ def estimate_pose(
     when there is no depth but both cameras; method "none" otherwise. Never raises for bad data;
     ValueError for an invalid ``config`` or keypoint arrays of mismatched shape.
     """
-    from roma_ros.geometry import as_point_pairs
+    from roma_ros.localize.geometry import as_point_pairs
 
     config.validate()
     q, k = as_point_pairs(kpts_query, kpts_keyframe)

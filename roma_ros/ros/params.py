@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from roma_ros.matching.base import MODEL_NAMES, MatcherConfig
-from roma_ros.pipeline import DecisionConfig
-from roma_ros.pose import MIN_PNP_POINTS, CameraModel, PoseConfig
+from roma_ros.localize.pipeline import DecisionConfig
+from roma_ros.localize.pose import MIN_PNP_POINTS, CameraModel, PoseConfig
 from roma_ros.store import DEFAULT_DIR
 
 _POSE = PoseConfig()  # the pose gates' defaults (pose.py, calibrated by bench/pose.py)

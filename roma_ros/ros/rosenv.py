@@ -15,7 +15,7 @@ FASTDDS_PROFILE = "fastdds_localhost.xml"
 def share_file(*parts: str) -> Path:
     """A file of the package's share directory: the source checkout when running from it,
     else the installed share (ament index)."""
-    source = Path(__file__).resolve().parent.parent.joinpath(*parts)
+    source = Path(__file__).resolve().parents[2].joinpath(*parts)
     if source.exists():
         return source
     from ament_index_python.packages import get_package_share_directory

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from roma_ros.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
+from roma_ros.localize.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
 
 _GATES = (  # (option, PoseConfig field, type, help)
     ("--pose-min-inliers", "min_inliers", int, "PnP inliers needed for a metric pose"),

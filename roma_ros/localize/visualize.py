@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from roma_ros.geometry import as_point_pairs
+from roma_ros.localize.geometry import as_point_pairs
 from roma_ros.matching.base import check_rgb_image
 
 OUTLIER_COLOUR = (235, 70, 70)  # red: matched but rejected by the geometry check

@@ -12,7 +12,7 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from roma_ros.conversions.images import _header
+from roma_ros.ros.conversions.images import _header
 
 # A pose as used throughout roma_ros: ((x, y, z), (qx, qy, qz, qw)).
 PoseTuple = tuple[Sequence[float], Sequence[float]]
@@ -79,7 +79,7 @@ def match_markers(header_frame_id: str, stamp: Time, keyframe_name: str,
     if query_pose is not None:
         arrow = _pose(query_pose)
         if optical:  # a marker arrow points along its x axis: turn x onto the optical z axis
-            from roma_ros.pose import matrix_from_quaternion, quaternion_from_matrix
+            from roma_ros.localize.pose import matrix_from_quaternion, quaternion_from_matrix
 
             o = arrow.orientation
             x_to_z = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # -90 deg about y
@@ -124,7 +124,7 @@ def camera_info_intrinsics(msg: CameraInfo) -> dict:
 
 def camera_info_to_camera(msg: CameraInfo):
     """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame)."""
-    from roma_ros.pose import CameraModel
+    from roma_ros.localize.pose import CameraModel
 
     camera = CameraModel.from_intrinsics(camera_info_intrinsics(msg))
     try:

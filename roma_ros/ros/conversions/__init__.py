@@ -5,13 +5,13 @@ No rclpy here (message packages only), so everything is testable without a runni
 ``matches``: the ~/matches PointCloud2; ``poses``: pose messages, markers, CameraInfo.
 """
 
-from roma_ros.conversions.images import (
+from roma_ros.ros.conversions.images import (
     DEPTH_ENCODINGS, FRAME_FAULTS, MIN_IMAGE_SIDE, SUPPORTED_ENCODINGS, ImageConversionError, compressed_msg_to_rgb,
     depth_msg_to_array, depth_msg_to_metres, image_msg_to_rgb, mono_to_image_msg, rgb_to_compressed_msg,
     rgb_to_image_msg,
 )
-from roma_ros.conversions.matches import MATCH_FIELDS, matches_to_pointcloud2, pointcloud2_to_matches
-from roma_ros.conversions.poses import (
+from roma_ros.ros.conversions.matches import MATCH_FIELDS, matches_to_pointcloud2, pointcloud2_to_matches
+from roma_ros.ros.conversions.poses import (
     INITIALPOSE_FLOOR, CameraInfoError, camera_info_intrinsics, camera_info_to_camera, floor_initialpose_covariance,
     match_markers, msg_to_pose, pose_with_covariance_msg, poses_to_pose_array,
 )

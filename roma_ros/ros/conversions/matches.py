@@ -6,7 +6,7 @@ import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
-from roma_ros.conversions.images import _bytes, _header
+from roma_ros.ros.conversions.images import _bytes, _header
 
 # Layout of ~/matches: name -> (offset, PointField datatype, numpy dtype), little-endian.
 MATCH_FIELDS: dict[str, tuple[int, int, str]] = {

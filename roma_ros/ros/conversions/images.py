@@ -22,7 +22,7 @@ from PIL import JpegImagePlugin, PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from roma_ros.imageio import quiet_opencv, to_uint8
+from roma_ros.core.imageio import quiet_opencv, to_uint8
 from roma_ros.store import DepthFileError, to_metres
 
 # encoding -> (channels, bytes per channel); 8UC1/8UC3 are what OpenCV-based publishers send.
@@ -108,7 +108,7 @@ def image_msg_to_rgb(msg: Image, max_pixels: int | None = None, min_side: int = 
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB, a fresh array that does not share msg's memory.
 
     Honours ``step`` (padded rows) and ``is_bigendian`` (mono16). mono16 is scaled to 8 bit by the
-    image's maximum (see ``roma_ros.imageio.to_uint8``). Frames over ``max_pixels`` or with a side
+    image's maximum (see ``roma_ros.core.imageio.to_uint8``). Frames over ``max_pixels`` or with a side
     under ``min_side`` are rejected before any copy.
     """
     enc = _ALIASES.get(msg.encoding, msg.encoding)

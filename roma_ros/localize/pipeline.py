@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from roma_ros.geometry import Verification, check_ransac_config, verify_fundamental_subset
+from roma_ros.localize.geometry import Verification, check_ransac_config, verify_fundamental_subset
 from roma_ros.matching.base import Matcher, Matches
-from roma_ros.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
+from roma_ros.localize.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
 from roma_ros.store import Keyframe
 from roma_ros.store.cache import FeatureCache
 

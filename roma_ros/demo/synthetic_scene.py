@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from roma_ros.pose import CameraModel, Pose, matrix_to_pose, pose_to_matrix
+from roma_ros.localize.pose import CameraModel, Pose, matrix_to_pose, pose_to_matrix
 
 
 @dataclass
@@ -76,7 +76,7 @@ _TEXELS_PER_M = 160.0
 
 @functools.lru_cache(maxsize=None)
 def _texture_pyramid(photo: str, width_m: float, height_m: float, mirrored: bool) -> tuple[np.ndarray, ...]:
-    from roma_ros.testdata import load_photo  # lazy: scikit-image is a dev dependency
+    from roma_ros.demo.photo_pairs import load_photo  # lazy: scikit-image is a dev dependency
 
     w, h = int(round(width_m * _TEXELS_PER_M)), int(round(height_m * _TEXELS_PER_M))
     image = load_photo(photo)
@@ -178,7 +178,7 @@ def relocalization_set(seed: int = 0, n_queries: int = 20, size=(240, 320),
     keyframe (median ~15 over seeds 0-2). Queries get a different exposure and sensor noise when
     ``photometric``. ``View.keyframe`` is the index of the keyframe a query was drawn near.
     """
-    from roma_ros.testdata import photometric_change
+    from roma_ros.demo.photo_pairs import photometric_change
 
     rng = np.random.default_rng(seed)
     camera = default_camera(size)

@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 
-from roma_ros.cli_args import add_model_arguments, model_config
-from roma_ros.cli_pose import add_pose_arguments, check_depth_size, compute_pose, pose_inputs, pose_json, pose_line
-from roma_ros.matching.base import WeightsError, build_matcher
+from roma_ros.cli.model_options import add_model_arguments, model_config
+from roma_ros.cli.pose_options import add_pose_arguments, check_depth_size, compute_pose, pose_inputs, pose_json, pose_line
+from roma_ros.matching.base import WeightsError
+from roma_ros.matching.registry import build_matcher
 
 RANSAC_CHOICES = ("usac_magsac", "ransac", "lmeds")
 
@@ -54,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from roma_ros.geometry import inlier_counts_for_thresholds, verify_fundamental
-    from roma_ros.imageio import load_rgb, save_json, save_rgb
-    from roma_ros.visualize import draw_matches, plot_inliers_vs_threshold
+    from roma_ros.localize.geometry import inlier_counts_for_thresholds, verify_fundamental
+    from roma_ros.core.imageio import load_rgb, save_json, save_rgb
+    from roma_ros.localize.visualize import draw_matches, plot_inliers_vs_threshold
 
     timings: dict[str, float] = {}
 
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from roma_ros.imageio import ImageFileError
+    from roma_ros.core.imageio import ImageFileError
 
     try:
         return run(args)

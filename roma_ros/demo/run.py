@@ -10,7 +10,7 @@ Runs on a machine without a ROS install, GPU or weights (the pip venv is enough)
    error of ``~/pose``;
 2. picks the best matcher whose weights are on this machine (RoMa, Tiny RoMa, else the classical
    SIFT baseline) and says which files are missing and where to put them;
-3. starts the real node (``python -m roma_ros.node``) on loopback-only DDS, publishes each query,
+3. starts the real node (``python -m roma_ros.ros.node``) on loopback-only DDS, publishes each query,
    waits for its ``~/matches`` answer (and ``~/pose``), saves ``~/debug_image`` and prints a table.
 
 Exit status: 0 when every query got an answer, 1 when the node died or a query got none.
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_ros.imageio import save_rgb
-from roma_ros.rosenv import configure_local_dds, share_file
+from roma_ros.core.imageio import save_rgb
+from roma_ros.ros.rosenv import configure_local_dds, share_file
 from roma_ros.store import save_depth
-from roma_ros.testdata import make_pair
+from roma_ros.demo.photo_pairs import make_pair
 
 NODE_NAME = "roma_matcher"
 IMAGE_TOPIC = "/roma_demo/image"
@@ -127,7 +127,7 @@ def build_demo_data(output: Path) -> DemoData:
 def scene_keyframes(keyframes_dir: Path, entries: list, names: list[str], queries: list[Query]):
     """Add the synthetic scene's keyframes (image, 16-bit depth in mm, intrinsics as CameraInfo
     gives them, true pose) to ``entries`` and its queries (with true poses) to ``queries``."""
-    from roma_ros.synthetic_scene import relocalization_set
+    from roma_ros.demo.synthetic_scene import relocalization_set
 
     keyframes, scene_queries = relocalization_set(seed=SCENE_SEED, n_queries=SCENE_QUERIES, size=SCENE_SIZE)
     for view in keyframes:
@@ -304,7 +304,7 @@ def node_command(params_file: Path, keyframes_dir: Path, model: str, device: str
     if device:
         params["device"] = device
     params.update(extra)
-    cmd = [sys.executable, "-m", "roma_ros.node", "--ros-args", "--params-file", str(params_file),
+    cmd = [sys.executable, "-m", "roma_ros.ros.node", "--ros-args", "--params-file", str(params_file),
            "-r", f"image:={IMAGE_TOPIC}", "-r", f"camera_info:={CAMERA_INFO_TOPIC}"]
     for name, value in params.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
@@ -456,7 +456,7 @@ class DemoClient:
             debug_dir: Path) -> QueryResult:
         from std_msgs.msg import Header
 
-        from roma_ros.conversions import image_msg_to_rgb, pointcloud2_to_matches, rgb_to_image_msg
+        from roma_ros.ros.conversions import image_msg_to_rgb, pointcloud2_to_matches, rgb_to_image_msg
 
         result = QueryResult(query.name, query.expected)
         stamp = self.node.get_clock().now().to_msg()
@@ -501,7 +501,7 @@ class DemoClient:
 
 def pose_errors(msg, true_pose) -> tuple[float, float]:
     """(position error m, rotation error deg) of a PoseWithCovarianceStamped against a pose tuple."""
-    from roma_ros.pose import pose_to_matrix, rotation_angle_deg
+    from roma_ros.localize.pose import pose_to_matrix, rotation_angle_deg
 
     p, o = msg.pose.pose.position, msg.pose.pose.orientation
     found, truth = pose_to_matrix(((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))), pose_to_matrix(true_pose)

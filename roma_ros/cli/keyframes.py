@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_ros.cli_args import add_model_arguments, model_config
+from roma_ros.cli.model_options import add_model_arguments, model_config
 from roma_ros.store import check_registered, read_depth_raw, to_metres, valid_fraction
+from roma_ros.store.check import check_store
 from roma_ros.store.folder import DEFAULT_DIR, INTRINSICS_KEYS, Keyframe, KeyframeStore, _parse_pose, parse_intrinsics
 
 PROG = "roma-keyframes"
@@ -72,7 +73,7 @@ def warn(lines: list[str]) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from roma_ros.imageio import load_rgb
+    from roma_ros.core.imageio import load_rgb
 
     if len(args.images) > 1 and (args.name or args.pose or args.depth or args.intrinsics):
         raise CommandError("--name, --pose, --intrinsics and --depth go with a single IMAGE")
@@ -162,7 +163,7 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from roma_ros.store.cache import cache_for
-    from roma_ros.matching.base import build_matcher
+    from roma_ros.matching.registry import build_matcher
 
     store = existing_store(args.dir)
     config = model_config(args, keep_vgg=args.keep_vgg)
@@ -182,10 +183,10 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     store = existing_store(args.dir)
-    lines = store.check(repair=args.repair)
+    lines = check_store(store, repair=args.repair)
     for line in lines:
         print(line)
-    remaining = store.check() if args.repair else lines
+    remaining = check_store(store) if args.repair else lines
     if remaining:
         if args.repair:
             print(f"{len(remaining)} problems remain:\n" + "\n".join(f"  {line}" for line in remaining))
@@ -202,7 +203,7 @@ COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "build-cache
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from roma_ros.imageio import ImageFileError
+    from roma_ros.core.imageio import ImageFileError
     from roma_ros.matching.base import WeightsError
 
     try:
