@@ -268,7 +268,7 @@ def test_corrupt_index_is_kept_as_backup_and_rewritten(tmp_path, capsys):
 
 def test_build_cache_writes_one_file_per_keyframe_then_loads_them(tmp_path, capsys, monkeypatch):
     """The one test that builds a (random-weight) RoMa: ~16 s, ~4 GB; the second run reuses it."""
-    from roma_ros.matching import base
+    from roma_ros.matching import registry as base
 
     kf = tmp_path / "kf"
     store = KeyframeStore(kf)
