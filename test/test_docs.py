@@ -41,3 +41,18 @@ def test_every_launch_argument_is_documented() -> None:
     assert len(names) == len(set(names)) and "image" in names and "params_file" in names
     page = (REPO / "docs" / "interface.md").read_text()
     assert [n for n in names if f"| `{n}` |" not in page] == []
+
+
+def test_readme_is_a_front_page() -> None:
+    assert len((REPO / "README.md").read_text().splitlines()) <= 250
+
+
+def test_relative_links_resolve() -> None:
+    import re
+
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert broken == []

@@ -116,7 +116,12 @@ def imported_from(env: dict[str, str], cwd: Path) -> Path:
     return Path(out.strip()).parent
 
 
-def check_layout(prefix: Path) -> None:
+def check_layout(prefix: Path, site_packages: Path | None = None) -> None:
+    """The share files, the ament marker, the wrappers and (where given) every layer package."""
+    if site_packages is not None:
+        installed = {p.parent.relative_to(site_packages).as_posix() for p in (site_packages / "roma_ros").rglob("__init__.py")}
+        source = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "roma_ros").rglob("__init__.py")}
+        assert installed == source, f"packages not installed: {sorted(source - installed)}"
     share = prefix / "share" / "roma_ros"
     for rel in SHARE_FILES:
         assert (share / rel).is_file(), f"{rel} not installed under {share}"
@@ -149,7 +154,7 @@ def test_every_console_script_has_a_ros2_run_wrapper(pip_prefix):
 
 
 def test_pip_install_is_found_like_ros2_run_finds_it(pip_prefix):
-    check_layout(pip_prefix)
+    check_layout(pip_prefix, pip_prefix / SITE_PACKAGES)
     env = dict(os.environ, AMENT_PREFIX_PATH=str(pip_prefix), PYTHONPATH=str(pip_prefix / SITE_PACKAGES))
     assert imported_from(env, pip_prefix) == pip_prefix / SITE_PACKAGES / "roma_ros"
     node = ros2_run_executable(env, "match_node")
