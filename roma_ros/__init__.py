@@ -1,8 +1,9 @@
 """roma_ros: visual relocalization for ROS 2 with the RoMa dense matcher.
 
-Layers: ``matching/`` (RoMa and classical matchers), ``geometry`` (verification),
-``visualize`` (debug images), ``pipeline`` (query -> result), ``conversions`` (ROS
-messages <-> arrays) and ``node`` (the only module that imports rclpy).
+Layers, bottom to top (imports point down; test/test_layers.py checks it): ``core`` (camera
+model, transforms, file I/O), ``matching`` (RoMa, Tiny RoMa, SIFT), ``store`` (the keyframe map),
+``localize`` (F check, pose, the Relocalizer), ``mapping`` (recordings, keyframe selection,
+evaluation), then ``ros`` (the only rclpy) and ``cli`` side by side, and ``demo`` on top.
 """
 
 __version__ = "0.1.0"

@@ -223,7 +223,7 @@ def test_colcon_build_runs_from_install(ros, colcon_ws, request):
 
 # ------------------------------------------------------------------ package.xml
 # Python modules the package imports, by the rosdep key that provides them; None: from pip
-# (README, "Install on a ROS 2 machine") or the standard library.
+# (docs/install.md) or the standard library.
 PYTHON_KEYS = {"cv2": "python3-opencv", "numpy": "python3-numpy", "yaml": "python3-yaml", "PIL": "python3-pil",
                "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib", "torch": None, "torchvision": None,
                "kornia": None, "einops": None, "romatch": None, "loguru": None, "skimage": None}
@@ -254,7 +254,7 @@ def test_package_xml_declares_what_the_code_and_readme_need():
     assert ros <= {"rclpy", "ament_index_python"} | {n for n in ros if n.endswith(("_msgs", "_srvs", "_interfaces"))}
     needed = ros | {PYTHON_KEYS[name] for name in imported if PYTHON_KEYS.get(name)} | COMMAND_KEYS
     assert declared == needed
-    assert "cv_bridge" not in declared  # README, "Why no cv_bridge"
+    assert "cv_bridge" not in declared  # docs/install.md, "Why no cv_bridge"
     readme = (REPO / "README.md").read_text()
     for command in ("ros2 launch", "ros2 run", "ros2 pkg", "ros2 param"):
         assert command in readme

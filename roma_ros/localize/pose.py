@@ -5,7 +5,7 @@ into 2D-3D correspondences, and PnP in the query camera gives where the camera i
 Without depth only the rotation and the translation *direction* can be recovered (essential
 matrix); that is reported, never published as a pose.
 
-Conventions (README "Pose"; tests pin them):
+Conventions (docs/pose.md; tests pin them):
 
 - Pixels: x right, y down, pixel (i, j) covers [j, j+1) x [i, i+1), so its centre is
   (j + 0.5, i + 0.5). ``CameraModel`` holds cx, cy in that frame; ROS CameraInfo and
@@ -54,7 +54,7 @@ class PoseConfig:
     """The pose gates and filters: the node's live ``pose.*`` parameters and roma-match's options.
 
     Defaults start from the anchors (rtabmap: >= 20 PnP inliers at 2 px; Isaac ROS: >= 40 % of
-    the PnP points inliers) and were checked on bench/pose.py (README "Pose").
+    the PnP points inliers) and were checked on bench/pose.py (docs/pose.md).
     """
 
     min_inliers: int = 20             # PnP inliers needed (rtabmap Vis/MinInliers)

@@ -196,7 +196,7 @@ class RomaMatcher(DenseMatcher):
         self._decoder_given_gp = decoder_view(self._decoder, gps=nn.ModuleDict({"16": self._posterior}))
         self.coarse_hw = (config.coarse_res, config.coarse_res)
         self.fine_hw = (config.upsample_res, config.upsample_res) if config.upsample_res else None
-        # GPU only, off by default (not shown to pay, README "Performance"); the CPU keeps per-image calls.
+        # GPU only, off by default (not shown to pay, docs/performance.md); the CPU keeps per-image calls.
         self.batch_vgg = self.options.batch_vgg and self.device.startswith("cuda")
         self._graphed = None
         if self.options.cuda_graphs and self.device.startswith("cuda"):

@@ -121,7 +121,7 @@ def _has_type(value: Any, kind: type) -> bool:
     return type(value) is kind
 
 
-# Thresholds of the classical (SIFT) matcher, calibrated on bench/place_recognition.py (README,
+# Thresholds of the classical (SIFT) matcher, calibrated on bench/place_recognition.py (docs/keyframes.md,
 # "Shortlist and decision"): its keypoints are less precise than RoMa's, so a looser RANSAC
 # threshold, and distractors reach 9-13 inliers while true places reach 27 or more.
 CLASSICAL = "classical"
