@@ -209,8 +209,11 @@ def estimate_pose(
     keyframe_camera: CameraModel | None,
     query_camera: CameraModel | None,
     config: PoseConfig,
+    depth_std: tuple[float, float] | None = None,
 ) -> PoseEstimate:
     """The query camera's pose relative to the keyframe camera from matched pixels.
+
+    ``depth_std``: (a, b) of this keyframe's depth noise, a + b·z² m; None = the config's.
 
     PnP when there is depth and both cameras; the essential matrix (non-metric, never ``ok``)
     when there is no depth but both cameras; method "none" otherwise. Never raises for bad data;
@@ -235,7 +238,7 @@ def estimate_pose(
     depth = np.asarray(keyframe_depth)
     if depth.ndim != 2 or depth.size == 0:
         return _none(f"keyframe depth has shape {depth.shape}, expected (H, W)", n)
-    return _pnp(q, k, finite, depth, keyframe_camera, query_camera, config)
+    return _pnp(q, k, finite, depth, keyframe_camera, query_camera, config, depth_std)
 
 
 @dataclass
@@ -325,9 +328,9 @@ def estimate_pose_multi(parts: list[KeyframePoints], query_camera: CameraModel |
     return _solve(pieces, n0, query_camera, config)
 
 
-def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config) -> PoseEstimate:
+def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config, depth_std=None) -> PoseEstimate:
     part = KeyframePoints(np.where(finite[:, None], q, np.nan), np.where(finite[:, None], k, np.nan), depth,
-                          keyframe_camera)
+                          keyframe_camera, depth_std=depth_std)
     return _solve([_correspondences(part, config)], len(q), query_camera, config)
 
 
