@@ -17,7 +17,10 @@ import numpy as np
 
 from roma_ros.localize.geometry import Verification, check_ransac_config, verify_fundamental_subset
 from roma_ros.matching.base import Matcher, Matches
-from roma_ros.localize.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
+from roma_ros.core.transforms import pose_to_matrix
+from roma_ros.localize.pose import (
+    CameraModel, KeyframePoints, PoseConfig, PoseEstimate, check_depth_std, estimate_pose, estimate_pose_multi,
+)
 from roma_ros.store import Keyframe
 from roma_ros.store.cache import FeatureCache
 
@@ -196,7 +199,9 @@ class Relocalizer:
         result = QueryResult(candidates, best, not why, why, timings, keyframes)
         if result.accepted:
             start = time.perf_counter()
-            result.pose = relative_pose(best, keyframes[best.index], query_camera, pose_config)
+            others = [c for c in candidates if c is not best and not decide(c, decision)]
+            result.pose = relative_pose(best, keyframes[best.index], query_camera, pose_config,
+                                        [(c, keyframes[c.index]) for c in others])
             timings["pose"] = time.perf_counter() - start
         return result
 
@@ -206,19 +211,56 @@ def keyframe_camera(keyframe: Keyframe) -> CameraModel | None:
     return CameraModel.from_intrinsics(keyframe.intrinsics) if keyframe.intrinsics else None
 
 
+def keyframe_depth_std(keyframe: Keyframe) -> tuple[float, float] | None:
+    """The keyframe's own depth noise (``depth_std: [a, b]`` in keyframes.yaml), None if unset."""
+    value = keyframe.extra.get("depth_std")
+    if value is None:
+        return None
+    try:
+        a, b = (float(v) for v in value)
+        check_depth_std(a, b)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"keyframe '{keyframe.name}': depth_std={value!r} must be [a, b] with "
+                         f"a, b >= 0 ({exc})") from None
+    return a, b
+
+
 def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: CameraModel | None,
-                  config: PoseConfig) -> PoseEstimate:
+                  config: PoseConfig, others: list[tuple[CandidateResult, Keyframe]] | None = None) -> PoseEstimate:
     """PnP on the accepted candidate's F-inliers; a reason instead where an input is missing
-    (no essential-matrix fallback here: the node publishes metric poses only)."""
+    (no essential-matrix fallback here: the node publishes metric poses only).
+
+    ``others``: further accepted candidates. With ``config.multi_keyframe``, those whose keyframe
+    has depth, intrinsics and a pose (as has ``keyframe``) add their F-inliers to one PnP in
+    ``keyframe``'s camera frame (as hloc does with covisible database images): more points
+    where one keyframe has too few. The result stays relative to ``keyframe``."""
     missing = [what for what, absent in (("query camera intrinsics (camera_info)", query_camera is None),
                                          (f"depth for keyframe '{keyframe.name}'", keyframe.depth is None),
                                          (f"intrinsics for keyframe '{keyframe.name}'", not keyframe.intrinsics))
                if absent]
     if missing:
         return PoseEstimate(False, "no " + ", no ".join(missing), "none", False, None, None)
+    try:
+        return _pnp_over(best, keyframe, query_camera, config, others or [])
+    except ValueError as exc:  # a keyframe's bad depth_std: say so rather than stop the worker
+        return PoseEstimate(False, str(exc), "none", False, None, None)
+
+
+def _pnp_over(best, keyframe, query_camera, config, others) -> PoseEstimate:
     inl = best.verification.inlier_mask
-    return estimate_pose(best.matches.kpts_query[inl], best.matches.kpts_candidate[inl], keyframe.depth,
-                         keyframe_camera(keyframe), query_camera, config)
+    extra = [(c, k) for c, k in others if k.posable and c.verification.verified]
+    if not (config.multi_keyframe and keyframe.pose is not None and extra):
+        return estimate_pose(best.matches.kpts_query[inl], best.matches.kpts_candidate[inl], keyframe.depth,
+                             keyframe_camera(keyframe), query_camera, config, keyframe_depth_std(keyframe))
+    parts = [KeyframePoints(best.matches.kpts_query[inl], best.matches.kpts_candidate[inl], keyframe.depth,
+                            keyframe_camera(keyframe), depth_std=keyframe_depth_std(keyframe))]
+    to_reference = np.linalg.inv(pose_to_matrix(keyframe.pose))
+    for c, k in extra:
+        mask = c.verification.inlier_mask
+        parts.append(KeyframePoints(c.matches.kpts_query[mask], c.matches.kpts_candidate[mask], k.depth,
+                                    keyframe_camera(k), to_reference @ pose_to_matrix(k.pose),
+                                    keyframe_depth_std(k)))
+    return estimate_pose_multi(parts, query_camera, config)
 
 
 def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Verification]:

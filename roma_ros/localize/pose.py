@@ -41,9 +41,11 @@ _ESSENTIAL_MAX_POINTS = 1000
 _LM_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 1e-10)
 # The first refinement only has to make the inlier re-selection unbiased: a subsample will do.
 _FIRST_REFINE_POINTS = 1000
-# Largest Gauss-Newton step (rad, m) whose residuals are predicted as r + J·step instead of by
-# projecting again: the prediction's error grows with the step squared (under 1e-3 px here).
-_LINEAR_STEP = 1e-3
+# Gauss-Newton steps (rad, m) below this end the weighted refinement: converged.
+_LINEAR_STEP = 1e-6
+# Weighted Gauss-Newton steps after LM (the weights depend on the pose only weakly).
+_WEIGHTED_STEPS = 3
+_WEIGHTED_POINTS = 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +69,19 @@ class PoseConfig:
     confidence: float = 0.999         # RANSAC
     max_iterations: int = 1000        # RANSAC
     essential_threshold: float = 0.5  # px, essential-matrix RANSAC (RoMa's pose evaluation uses 0.5)
+    # Covariance model (docs/pose.md): keyframe depth noise std = depth_std_a + depth_std_b * z^2
+    # (m; Kinect-class structured light is ~1.5 mm at 1 m, ~2.5 cm at 3 m), a match noise of
+    # match_std_px per axis in each image; then covariance_scale x max(1, inliers/effective_points),
+    # calibrated on the real TUM pairs (test/data/tum_fr1_rpy, even pairs; odd ones held out) for
+    # what neither model holds: errors shared by all points (rolling shutter, RGB-depth time offset,
+    # misregistration, calibration). A keyframe's ``depth_std: [a, b]`` in keyframes.yaml
+    # overrides a and b.
+    depth_std_a: float = 0.001        # m
+    depth_std_b: float = 0.0025       # 1/m
+    match_std_px: float = 0.5         # px
+    covariance_scale: float = 16.0    # variance factor, calibrated (docs/pose.md)
+    effective_points: int = 20        # information capped at this many points' worth (correlated errors)
+    multi_keyframe: bool = True       # one PnP over every accepted keyframe with depth and pose
 
     def validate(self) -> None:
         """ValueError naming the parameter for settings no data could satisfy."""
@@ -86,6 +101,20 @@ class PoseConfig:
             raise ValueError(f"confidence={self.confidence} must lie strictly between 0 and 1")
         if int(self.max_iterations) != self.max_iterations or self.max_iterations <= 0:
             raise ValueError(f"max_iterations={self.max_iterations} must be a positive integer")
+        check_depth_std(self.depth_std_a, self.depth_std_b)
+        if int(self.effective_points) != self.effective_points or self.effective_points < MIN_PNP_POINTS:
+            raise ValueError(f"effective_points={self.effective_points} must be an integer >= {MIN_PNP_POINTS}")
+        for name in ("match_std_px", "covariance_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value} must be a positive number")
+
+
+def check_depth_std(a: float, b: float) -> None:
+    """ValueError unless depth_std_a + depth_std_b * z^2 is a usable (finite, >= 0) noise model."""
+    for name, value in (("depth_std_a", a), ("depth_std_b", b)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}={value} must be a non-negative number (m, and 1/m for depth_std_b)")
 
 
 @dataclass
@@ -103,6 +132,7 @@ class PoseEstimate:
     rmse_px: float | None = None
     covariance: np.ndarray | None = None  # 6x6 of the relative pose, keyframe camera frame
     inlier_mask: np.ndarray | None = field(default=None, repr=False)  # over the input matches
+    keyframes: int = 1                # keyframes whose points entered the PnP (multi-keyframe: > 1)
 
     @property
     def position_std(self) -> float | None:
@@ -180,8 +210,11 @@ def estimate_pose(
     keyframe_camera: CameraModel | None,
     query_camera: CameraModel | None,
     config: PoseConfig,
+    depth_std: tuple[float, float] | None = None,
 ) -> PoseEstimate:
     """The query camera's pose relative to the keyframe camera from matched pixels.
+
+    ``depth_std``: (a, b) of this keyframe's depth noise, a + b·z² m; None = the config's.
 
     PnP when there is depth and both cameras; the essential matrix (non-metric, never ``ok``)
     when there is no depth but both cameras; method "none" otherwise. Never raises for bad data;
@@ -206,12 +239,57 @@ def estimate_pose(
     depth = np.asarray(keyframe_depth)
     if depth.ndim != 2 or depth.size == 0:
         return _none(f"keyframe depth has shape {depth.shape}, expected (H, W)", n)
-    return _pnp(q, k, finite, depth, keyframe_camera, query_camera, config)
+    return _pnp(q, k, finite, depth, keyframe_camera, query_camera, config, depth_std)
 
 
-def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config) -> PoseEstimate:
+@dataclass
+class KeyframePoints:
+    """One keyframe's share of a PnP: its matches to the query and what turns them into 3D points.
+
+    ``to_reference`` (4x4) maps this keyframe's camera frame into the reference keyframe's
+    (identity for the reference itself): T_map_ref⁻¹ · T_map_kf. ``depth_std`` is (a, b) of this
+    keyframe's depth noise, None for the config's.
+    """
+
+    kpts_query: np.ndarray
+    kpts_keyframe: np.ndarray
+    depth: np.ndarray
+    camera: CameraModel
+    to_reference: np.ndarray = field(default_factory=lambda: np.eye(4))
+    depth_std: tuple[float, float] | None = None
+
+
+def depth_std(z: np.ndarray, a: float, b: float) -> np.ndarray:
+    """The depth noise model: std (m) of a depth reading z (m), a + b·z²."""
+    return a + b * np.square(z)
+
+
+def point_covariance(camera: CameraModel, pts: np.ndarray, z: np.ndarray, a: float, b: float,
+                     match_std_px: float) -> np.ndarray:
+    """(N, 3, 3) covariance of back-projected points X = z·(x, y, 1) in the camera frame.
+
+    The depth reading moves X along its ray, X/z·σ_z (σ_z = a + b z²); the keyframe keypoint's
+    own match noise moves it across the ray by z·σ_px/f.
+    """
+    xy = camera.normalized(pts)
+    ray = np.column_stack([xy, np.ones(len(xy))])
+    sz = depth_std(z, a, b)
+    cov = (sz ** 2)[:, None, None] * np.einsum("ni,nj->nij", ray, ray)
+    lateral = (z * match_std_px) ** 2
+    cov[:, 0, 0] += lateral / camera.fx ** 2
+    cov[:, 1, 1] += lateral / camera.fy ** 2
+    return cov
+
+
+def _correspondences(part: KeyframePoints, config: PoseConfig):
+    """(index into the part's matches, points (N, 3) and their covariances (N, 3, 3) in the
+    reference frame, undistorted query pixels (N, 2), counts text) for the usable matches."""
+    from roma_ros.localize.geometry import as_point_pairs
+
+    q, k = as_point_pairs(part.kpts_query, part.kpts_keyframe)
     n = len(q)
-    z, on_edge = lookup_depth(depth, np.where(finite[:, None], k, np.nan), config.max_depth_spread)
+    finite = np.isfinite(q).all(axis=1) & np.isfinite(k).all(axis=1)
+    z, on_edge = lookup_depth(part.depth, np.where(finite[:, None], k, np.nan), config.max_depth_spread)
     with np.errstate(invalid="ignore"):
         known = np.isfinite(z)
         in_range = known & (z >= config.min_depth) & (z <= config.max_depth)
@@ -220,14 +298,58 @@ def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config) -> PoseEsti
     counts = (f"{n} matches: {n - int(known.sum())} without depth, {int((known & ~in_range).sum())} "
               f"outside [{config.min_depth:g}, {config.max_depth:g}] m, "
               f"{int((in_range & on_edge).sum())} on depth edges")
-    if len(idx) < config.min_inliers:  # validate() keeps min_inliers >= MIN_PNP_POINTS
-        out = _none(f"only {len(idx)} points with usable depth < min_inliers {config.min_inliers} ({counts})", n)
-        out.method, out.points = "pnp", len(idx)
+    a, b = part.depth_std if part.depth_std is not None else (config.depth_std_a, config.depth_std_b)
+    obj = back_project(part.camera, k[idx], z[idx])
+    cov = point_covariance(part.camera, k[idx], z[idx], a, b, config.match_std_px)
+    T = np.asarray(part.to_reference, dtype=np.float64)
+    if not np.allclose(T, np.eye(4)):
+        R = T[:3, :3]
+        obj = obj @ R.T + T[:3, 3]
+        cov = np.einsum("ij,njk,lk->nil", R, cov, R)
+    return idx, obj, cov, q[idx], counts
+
+
+def estimate_pose_multi(parts: list[KeyframePoints], query_camera: CameraModel | None,
+                        config: PoseConfig) -> PoseEstimate:
+    """One PnP over the 2D-3D correspondences of several keyframes, all expressed in the first
+    one's camera frame (the result is relative to ``parts[0]``, like ``estimate_pose``'s). The
+    inlier mask covers ``parts[0]``'s matches; ``points``/``inliers`` count all keyframes."""
+    config.validate()
+    if not parts:
+        raise ValueError("estimate_pose_multi needs at least one keyframe")
+    n0 = len(parts[0].kpts_query)
+    if query_camera is None:
+        return _none("no query intrinsics", n0)
+    for camera, which in [(query_camera, "query")] + [(p.camera, "keyframe") for p in parts]:
+        try:
+            camera.validate()
+        except ValueError as exc:
+            return _none(f"bad {which} intrinsics: {exc}", n0)
+    pieces = [_correspondences(p, config) for p in parts]
+    return _solve(pieces, n0, query_camera, config)
+
+
+def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config, depth_std=None) -> PoseEstimate:
+    part = KeyframePoints(np.where(finite[:, None], q, np.nan), np.where(finite[:, None], k, np.nan), depth,
+                          keyframe_camera, depth_std=depth_std)
+    return _solve([_correspondences(part, config)], len(q), query_camera, config)
+
+
+def _solve(pieces, n0, query_camera, config) -> PoseEstimate:
+    idx0 = pieces[0][0]
+    obj = np.concatenate([p[1] for p in pieces])
+    cov3 = np.concatenate([p[2] for p in pieces])
+    img = np.concatenate([p[3] for p in pieces])
+    counts = "; ".join(p[4] for p in pieces)
+    used = sum(1 for p in pieces if len(p[0]))
+    if len(obj) < config.min_inliers:  # validate() keeps min_inliers >= MIN_PNP_POINTS
+        out = _none(f"only {len(obj)} points with usable depth < min_inliers {config.min_inliers} ({counts})", n0)
+        out.method, out.points, out.keyframes = "pnp", len(obj), used
         return out
-    obj = back_project(keyframe_camera, k[idx], z[idx])
-    img = query_camera.undistort(q[idx])
+    img = query_camera.undistort(img)
     K = query_camera.matrix()
-    failed = PoseEstimate(False, "", "pnp", False, None, None, points=len(idx), inlier_mask=np.zeros(n, bool))
+    failed = PoseEstimate(False, "", "pnp", False, None, None, points=len(obj), inlier_mask=np.zeros(n0, bool),
+                          keyframes=used)
     # SQPnP: fast and globally optimal on each sample, but it asserts on samples whose points
     # coincide (collapsed matches, e.g. many query pixels on one keyframe pixel); AP3P then.
     for flag in (cv2.SOLVEPNP_SQPNP, cv2.SOLVEPNP_AP3P):
@@ -242,52 +364,69 @@ def _pnp(q, k, finite, depth, keyframe_camera, query_camera, config) -> PoseEsti
     else:
         return failed
     if not found or inl is None or len(inl) < MIN_PNP_POINTS:
-        failed.reason = f"PnP RANSAC found no pose ({len(idx)} points)"
+        failed.reason = f"PnP RANSAC found no pose ({len(obj)} points)"
         return failed
-    # RANSAC's inliers were chosen under a minimal-sample model, so they are biased towards it
-    # (the pose error came out ~2x its covariance): refine on (a subsample of) them with LM,
-    # re-select the inliers with the refined pose (one projection of every point, with the
-    # Jacobian), and finish with one Gauss-Newton step on all of them. From so close to the
-    # optimum that step lands within ~1e-7 of what solvePnPRefineLM on all inliers gives, at a
-    # fraction of its cost (the 10 000-match budget), and the residuals after it are r + J·step
-    # to the same precision, so no second projection is needed for the RMSE and covariance.
+    # RANSAC's inliers were chosen under a minimal-sample model, so they are biased towards it:
+    # refine on (a subsample of) them with LM, re-select the inliers with the refined pose, then
+    # Gauss-Newton weighted by each point's predicted residual covariance (match noise plus the
+    # keyframe depth noise projected into the query), so uncertain (far) points count less.
     chosen = np.asarray(inl).reshape(-1)
     chosen = chosen[:: max(1, len(chosen) // _FIRST_REFINE_POINTS)]
     rvec, tvec = cv2.solvePnPRefineLM(obj[chosen], img[chosen], K, None, rvec.reshape(3, 1),
                                       tvec.reshape(3, 1), criteria=_LM_CRITERIA)
     mask, residual, jac = _inliers(obj, img, K, rvec, tvec, config.reprojection_threshold)
-    inliers = int(mask.sum())
     covariance = None
     rmse = float("inf")
-    if inliers >= MIN_PNP_POINTS:
-        J = jac[np.repeat(mask, 2)]
-        step = _gauss_newton_step(J, residual[mask].reshape(-1))
+    for _ in range(_WEIGHTED_STEPS):
+        if mask.sum() < MIN_PNP_POINTS:
+            break
+        sub = _subsample(mask)
+        W = _residual_information(obj[sub], cov3[sub], K, rvec, tvec, config.match_std_px)
+        step = _weighted_step(_rows(jac, sub), residual[sub], W)
         rvec, tvec = rvec + step[:3].reshape(3, 1), tvec + step[3:].reshape(3, 1)
+        mask, residual, jac = _inliers(obj, img, K, rvec, tvec, config.reprojection_threshold)
         if np.abs(step).max() < _LINEAR_STEP:
-            r = residual[mask].reshape(-1) + np.einsum("ij,j->i", J, step)
-        else:  # far from the optimum (a poor fit): project again rather than trust the linearization
-            mask, residual, jac = _inliers(obj, img, K, rvec, tvec, config.reprojection_threshold)
-            inliers = int(mask.sum())
-            J, r = jac[np.repeat(mask, 2)], residual[mask].reshape(-1)
-        if inliers >= MIN_PNP_POINTS:
-            rmse = float(np.sqrt(2.0 * np.mean(r * r)))
-            covariance = _relative_covariance(J, r, rvec, tvec)
-    inlier_mask = np.zeros(n, bool)
-    inlier_mask[idx[mask]] = True
+            break
+    inliers = int(mask.sum())
+    if inliers >= MIN_PNP_POINTS:
+        r = residual[mask]
+        rmse = float(np.sqrt(np.mean(np.einsum("ij,ij->i", r, r))))
+        # The information of an evenly strided subsample, times (inliers / its size), is that of
+        # all inliers; errors shared by all points (rolling shutter, depth-RGB time offset and
+        # misregistration, calibration) do not average out, so past effective_points it stops
+        # growing: cov = H_sub⁻¹ · len(sub) / min(inliers, effective_points) · covariance_scale.
+        sub = _subsample(mask)
+        W = _residual_information(obj[sub], cov3[sub], K, rvec, tvec, config.match_std_px)
+        scale = config.covariance_scale * len(sub) / min(inliers, config.effective_points)
+        covariance = _relative_covariance(_rows(jac, sub), residual[sub], W, rvec, tvec, scale)
+    inlier_mask = np.zeros(n0, bool)
+    inlier_mask[idx0[mask[:len(idx0)]]] = True
     R, t = _invert(cv2.Rodrigues(rvec)[0], tvec.reshape(3))
-    ratio = inliers / len(idx)
+    ratio = inliers / len(obj)
     if inliers < config.min_inliers:
         reason = f"{inliers} PnP inliers < min_inliers {config.min_inliers}"
     elif ratio < config.min_inlier_ratio:
-        reason = f"inlier ratio {ratio:.2f} ({inliers}/{len(idx)}) < min_inlier_ratio {config.min_inlier_ratio:g}"
+        reason = f"inlier ratio {ratio:.2f} ({inliers}/{len(obj)}) < min_inlier_ratio {config.min_inlier_ratio:g}"
     elif not rmse <= config.max_rmse:
         reason = f"reprojection RMSE {rmse:.2f} px > max_rmse {config.max_rmse:g} px"
     elif covariance is None or not np.all(np.isfinite(covariance)):
         reason = "degenerate geometry: the pose covariance is not finite"
     else:
         reason = ""
-    return PoseEstimate(not reason, reason, "pnp", not reason, R, t, inliers, len(idx), rmse,
-                        covariance, inlier_mask)
+    return PoseEstimate(not reason, reason, "pnp", not reason, R, t, inliers, len(obj), rmse,
+                        covariance, inlier_mask, keyframes=used)
+
+
+def _subsample(mask: np.ndarray) -> np.ndarray:
+    """Indices of an evenly strided subsample (at most _WEIGHTED_POINTS) of the inliers: the
+    weighted refinement and the covariance need no more (10 000 points cost ~40 ms otherwise)."""
+    idx = np.flatnonzero(mask)
+    return idx[:: max(1, -(-len(idx) // _WEIGHTED_POINTS))]
+
+
+def _rows(jac: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(len(idx), 2, 6) of projectPoints' (2N, 6) Jacobian."""
+    return jac.reshape(-1, 2, 6)[idx]
 
 
 def _inliers(obj, img, K, rvec, tvec, threshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -299,31 +438,59 @@ def _inliers(obj, img, K, rvec, tvec, threshold) -> tuple[np.ndarray, np.ndarray
     return in_front & (np.einsum("ij,ij->i", residual, residual) < threshold ** 2), residual, jac[:, :6]
 
 
-def _gauss_newton_step(J: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """δ(rvec, tvec) = -(JᵀJ)⁻¹ Jᵀ r: least squares over the inliers from a nearby start."""
+def _residual_information(obj, cov3, K, rvec, tvec, match_std_px) -> np.ndarray:
+    """(N, 2, 2) inverse covariance of each reprojection residual: the query match noise σ_px²·I
+    plus the 3D point's covariance pushed through the projection, P Σ_X Pᵀ with
+    P = d(pixel)/d(X_query) · R (R, t: keyframe -> query camera)."""
+    R = cv2.Rodrigues(rvec)[0]
+    Xq = obj @ R.T + tvec.reshape(3)
+    z = np.maximum(Xq[:, 2], 1e-9)
+    fx, fy = K[0, 0], K[1, 1]
+    D = np.zeros((len(Xq), 2, 3))
+    D[:, 0, 0] = fx / z
+    D[:, 0, 2] = -fx * Xq[:, 0] / z ** 2
+    D[:, 1, 1] = fy / z
+    D[:, 1, 2] = -fy * Xq[:, 1] / z ** 2
+    P = D @ R
+    S = np.einsum("nij,njk,nlk->nil", P, cov3, P)
+    S[:, 0, 0] += match_std_px ** 2
+    S[:, 1, 1] += match_std_px ** 2
+    det = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
+    W = np.empty_like(S)
+    W[:, 0, 0], W[:, 1, 1] = S[:, 1, 1] / det, S[:, 0, 0] / det
+    W[:, 0, 1], W[:, 1, 0] = -S[:, 0, 1] / det, -S[:, 1, 0] / det
+    return W
+
+
+def _normal_equations(J: np.ndarray, r: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(H = Σ Jᵢᵀ Wᵢ Jᵢ, g = Σ Jᵢᵀ Wᵢ rᵢ, χ² = Σ rᵢᵀ Wᵢ rᵢ) over (N, 2, 6) J, (N, 2) r, (N, 2, 2) W.
+    einsum, not BLAS: OpenBLAS threads these small-output products and then waits for busy cores."""
+    WJ = np.einsum("nij,njk->nik", W, J)
+    H = np.einsum("nij,nik->jk", J, WJ)
+    g = np.einsum("nik,ni->k", WJ, r)
+    chi2 = float(np.einsum("ni,nij,nj->", r, W, r))
+    return H, g, chi2
+
+
+def _weighted_step(J: np.ndarray, r: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """δ(rvec, tvec) = -H⁻¹ g: one weighted Gauss-Newton step from a nearby start."""
+    H, g, _ = _normal_equations(J, r, W)
     try:
-        return -np.linalg.solve(_gram(J), np.einsum("ij,i->j", J, r))
+        return -np.linalg.solve(H, g)
     except np.linalg.LinAlgError:
         return np.zeros(6)
 
 
-def _gram(J: np.ndarray) -> np.ndarray:
-    """JᵀJ. Here and for the other long reductions einsum, not BLAS: OpenBLAS threads these
-    small-output products and then waits for busy cores (5 ms instead of 0.4 on a loaded CPU)."""
-    return np.einsum("ij,ik->jk", J, J)
-
-
-def _relative_covariance(J: np.ndarray, r: np.ndarray, rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
-    """6x6 covariance of the relative pose (ROS order) from the refinement's normal equations.
-
-    ``J`` (2N x 6) is d(pixels)/d(rvec, tvec) at the solution (cv2.projectPoints) and ``r`` the
-    2N inlier residuals: inv(JᵀJ) x residual variance, pushed through the map from solvePnP's
-    parameters (keyframe -> query camera) to (t, dθ) of the inverse transform.
-    """
-    dof = max(1, r.size - 6)
-    sigma2 = float(np.einsum("i,i->", r, r)) / dof
+def _relative_covariance(J: np.ndarray, r: np.ndarray, W: np.ndarray, rvec: np.ndarray, tvec: np.ndarray,
+                         scale: float) -> np.ndarray:
+    """6x6 covariance of the relative pose (ROS order): H⁻¹ of the weighted normal equations,
+    times max(1, χ²/dof) where the residuals are larger than the noise model predicts, times the
+    calibrated ``scale``; pushed through the map from solvePnP's parameters (keyframe -> query
+    camera) to (t, dθ) of the inverse transform."""
+    H, _, chi2 = _normal_equations(J, r, W)
+    dof = max(1, 2 * len(r) - 6)
     try:
-        cov_pnp = np.linalg.inv(_gram(J)) * sigma2
+        cov_pnp = np.linalg.inv(H) * max(1.0, chi2 / dof) * scale
     except np.linalg.LinAlgError:
         return np.full((6, 6), np.nan)
     G = _relative_jacobian(rvec.reshape(3), tvec.reshape(3))

@@ -184,6 +184,20 @@ PARAMS: tuple[ParamSpec, ...] = (
               live=True, minimum=0.0),
     ParamSpec("pose.max_depth", _POSE.max_depth, "keyframe depth above this (m) is not used for the pose "
               "(must exceed pose.min_depth)", live=True, above=0.0),
+    ParamSpec("pose.depth_std_a", _POSE.depth_std_a, "keyframe depth noise model std = a + b*z^2: the constant "
+              "a (m); a keyframe's depth_std [a, b] in keyframes.yaml overrides it (docs/pose.md)", live=True,
+              minimum=0.0),
+    ParamSpec("pose.depth_std_b", _POSE.depth_std_b, "keyframe depth noise model std = a + b*z^2: the "
+              "quadratic b (1/m); default for Kinect-class structured light (docs/pose.md)", live=True, minimum=0.0),
+    ParamSpec("pose.match_std_px", _POSE.match_std_px, "match (keypoint) noise std per axis in each image (px), "
+              "propagated into the pose covariance", live=True, above=0.0),
+    ParamSpec("pose.covariance_scale", _POSE.covariance_scale, "variance factor on the pose covariance, "
+              "calibrated on real RGB-D pairs (docs/pose.md)", live=True, above=0.0),
+    ParamSpec("pose.effective_points", _POSE.effective_points, "the covariance counts at most this many "
+              "independent points (errors shared by all points do not average out; docs/pose.md)", live=True,
+              minimum=MIN_PNP_POINTS),
+    ParamSpec("pose.multi_keyframe", _POSE.multi_keyframe, "solve one PnP over the F-inliers of every accepted "
+              "keyframe with depth, intrinsics and a pose (in the best keyframe's frame)", live=True),
     ParamSpec("query_intrinsics", [], "[fx, fy, cx, cy] of the query camera in pixels (OpenCV/ROS convention, "
               "as CameraInfo K), used while no camera_info has arrived; empty = none", live=True,
               check=lambda value: query_camera({"query_intrinsics": value})),
@@ -270,6 +284,9 @@ def pose_config(values: dict[str, Any]) -> PoseConfig:
         reprojection_threshold=float(values["pose.reprojection_threshold"]),
         max_rmse=float(values["pose.max_rmse"]), min_inlier_ratio=float(values["pose.min_inlier_ratio"]),
         min_depth=float(values["pose.min_depth"]), max_depth=float(values["pose.max_depth"]),
+        depth_std_a=float(values["pose.depth_std_a"]), depth_std_b=float(values["pose.depth_std_b"]),
+        match_std_px=float(values["pose.match_std_px"]), covariance_scale=float(values["pose.covariance_scale"]),
+        effective_points=int(values["pose.effective_points"]), multi_keyframe=bool(values["pose.multi_keyframe"]),
     )
     try:
         config.validate()
