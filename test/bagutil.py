@@ -35,6 +35,19 @@ class Run:
     tf_stamps_ns: list[int]
     tf_poses: list[Pose]  # camera optical frame at the TF / odometry / pose-topic stamps
 
+    def truth(self, poses: str = "pose") -> list[Pose]:
+        """The optical frame's pose at the image stamps as a correct reader computes it: the
+        interpolated optical frame of a pose topic, or (odom, tf) the interpolated base_link
+        followed by the rigid mount, which differs by the mount's lever arm (< 1 mm here)."""
+        if poses == "pose":
+            return self.poses
+        base = [pose_to_matrix(p) @ np.linalg.inv(OPTICAL_IN_BASE) for p in self.tf_poses]
+        q = np.array([matrix_to_pose(b)[1] for b in base])
+        p = np.array([b[:3, 3] for b in base])
+        mid_q = slerp(q[:-1], q[1:], np.full(len(q) - 1, 0.5))
+        return [matrix_to_pose(pose_to_matrix(((p[i] + p[i + 1]) / 2, mid_q[i])) @ OPTICAL_IN_BASE)
+                for i in range(len(q) - 1)]
+
 
 def camera_run(waypoints: list[tuple[tuple, tuple]], frames: int, period_s: float = 0.1, start_ns: int = START_NS,
                ) -> Run:
@@ -125,12 +138,12 @@ def camera_info_msg(ns: int, camera, size):
 
 def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "pose", size=(240, 320),
               depth: str | None = "16UC1", depth_offset_s: float = 0.005, compressed: bool = False,
-              camera_info: bool = True, images: list[np.ndarray] | None = None) -> Path:
+              camera_info: bool = True) -> Path:
     """A recording of ``run``; ``poses``: "pose" (PoseStamped of the optical frame on /camera_pose),
     "odom" (Odometry of base_link in odom on /odom, plus tf_static) or "tf" (only /tf + /tf_static)."""
     camera = default_camera(size)
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    views = [render(p, camera, size) for p in run.poses] if images is None else None
+    views = [render(p, camera, size) for p in run.truth(poses)]
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         def conn(topic, typ):
             return writer.add_connection(topic, typ, typestore=TS)
@@ -174,7 +187,7 @@ def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "p
                     put(c_tf, ns, T["tf2_msgs/msg/TFMessage"](transforms=[
                         _transform(ns, "map", "odom", ODOM_IN_MAP), _transform(ns, "odom", "base_link", T_odom_base)]))
                 continue
-            rgb = views[item].rgb if images is None else images[item]
+            rgb = views[item].rgb
             put(c_img, ns, (compressed_msg if compressed else image_msg)(ns, rgb))
             if c_info is not None:
                 put(c_info, ns, camera_info_msg(ns, camera, size))

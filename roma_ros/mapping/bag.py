@@ -126,7 +126,8 @@ def open_reader(path: str | Path) -> Any:
     try:
         reader.open()
     except Exception as exc:  # rosbags' reader errors, sqlite3, a broken metadata.yaml
-        raise BagError(f"bag '{path}' cannot be opened ({type(exc).__name__}: {exc}); is it complete?") from None
+        raise BagError(f"bag '{path}' is truncated or corrupt: it cannot be opened ({type(exc).__name__}: {exc}); "
+                       "re-record it, or try `ros2 bag reindex` on a sqlite3 bag") from None
     return reader
 
 
