@@ -9,6 +9,7 @@ would put a keyframe in the wrong place. No extrapolation past the first or last
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -184,21 +185,24 @@ def poses_of(matrices: np.ndarray, reasons: list[str]) -> list[Pose | None]:
 
 def read_tum(path: str | Path) -> Trajectory:
     """A TUM trajectory file (``stamp x y z qx qy qz qw`` per line, seconds, '#' comments)."""
-    rows = []
+    rows, stamps = [], []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        fields = line.replace(",", " ").split()
         try:
-            values = [float(v) for v in line.replace(",", " ").split()]
-        except ValueError:
+            values = [float(v) for v in fields]
+            stamp = int(Decimal(fields[0]) * NS)  # exact: a float holds 1.7e9 s only to ~0.2 us
+        except (ValueError, IndexError, InvalidOperation):
             values = []
         if len(values) != 8 or not np.all(np.isfinite(values)):
             raise ValueError(f"{path}:{number}: a TUM line is 'stamp x y z qx qy qz qw' (8 numbers), got {line!r}")
         rows.append(values)
+        stamps.append(stamp)
     if not rows:
         raise ValueError(f"TUM file '{path}' has no poses")
     data = np.array(rows)
-    return Trajectory(np.rint(data[:, 0] * NS).astype(np.int64), data[:, 1:4], data[:, 4:8], "ground-truth pose")
+    return Trajectory(stamps, data[:, 1:4], data[:, 4:8], "ground-truth pose")
 
 
 def tum_lines(stamps_ns: list[int], poses: list[Pose]) -> str:
