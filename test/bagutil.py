@@ -81,6 +81,11 @@ QUERY_WAYPOINTS = [((-2.4, -1.2, 1.45), (0.0, 2.8, 0.9)), ((-1.4, -3.0, 1.75), (
                    ((1.0, -3.2, 1.4), (0.8, 2.6, 1.1)), ((2.1, -2.0, 1.55), (1.4, 2.9, 0.9))]
 
 
+# Topic and frame names of the recordings; ``write_bag(names=...)`` replaces any of them.
+NAMES = {"image": "/camera/image", "depth": "/camera/depth", "info": "/camera/camera_info",
+         "optical": "camera_optical_frame"}
+
+
 def _time(ns: int):
     return T["builtin_interfaces/msg/Time"](sec=ns // NS, nanosec=ns % NS)
 
@@ -138,9 +143,10 @@ def camera_info_msg(ns: int, camera, size):
 
 def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "pose", size=(240, 320),
               depth: str | None = "16UC1", depth_offset_s: float = 0.005, compressed: bool = False,
-              camera_info: bool = True) -> Path:
+              camera_info: bool = True, names: dict[str, str] | None = None) -> Path:
     """A recording of ``run``; ``poses``: "pose" (PoseStamped of the optical frame on /camera_pose),
     "odom" (Odometry of base_link in odom on /odom, plus tf_static) or "tf" (only /tf + /tf_static)."""
+    names = {**NAMES, **(names or {})}
     camera = default_camera(size)
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     views = [render(p, camera, size) for p in run.truth(poses)]
@@ -148,9 +154,9 @@ def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "p
         def conn(topic, typ):
             return writer.add_connection(topic, typ, typestore=TS)
 
-        c_img = conn("/camera/image", "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image")
-        c_depth = conn("/camera/depth", "sensor_msgs/msg/Image") if depth else None
-        c_info = conn("/camera/camera_info", "sensor_msgs/msg/CameraInfo") if camera_info else None
+        c_img = conn(names["image"], "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image")
+        c_depth = conn(names["depth"], "sensor_msgs/msg/Image") if depth else None
+        c_info = conn(names["info"], "sensor_msgs/msg/CameraInfo") if camera_info else None
         c_pose = conn("/camera_pose", "geometry_msgs/msg/PoseStamped") if poses == "pose" else None
         c_odom = conn("/odom", "nav_msgs/msg/Odometry") if poses == "odom" else None
         c_tf = conn("/tf", "tf2_msgs/msg/TFMessage") if poses == "tf" else None
@@ -165,7 +171,7 @@ def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "p
             optical_in_link = np.linalg.inv(camera_link) @ OPTICAL_IN_BASE
             put(c_static, run.tf_stamps_ns[0], T["tf2_msgs/msg/TFMessage"](transforms=[
                 _transform(run.tf_stamps_ns[0], "base_link", "camera_link", camera_link),
-                _transform(run.tf_stamps_ns[0], "camera_link", "camera_optical_frame", optical_in_link)]))
+                _transform(run.tf_stamps_ns[0], "camera_link", names["optical"], optical_in_link)]))
         events = [(ns, "pose", pose) for ns, pose in zip(run.tf_stamps_ns, run.tf_poses)]
         events += [(ns, "image", i) for i, ns in enumerate(run.stamps_ns)]
         for ns, kind, item in sorted(events, key=lambda e: e[0]):

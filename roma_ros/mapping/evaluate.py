@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ class QueryRecord:
     nees: float | None
     latency_s: float
     reason: str  # why no pose ("" when there is one)
+    timings: dict[str, float] = field(default_factory=dict)  # the Relocalizer's stages, seconds
 
     @property
     def wrong_place(self) -> bool:
@@ -153,7 +154,7 @@ def run_query(relocalizer: Relocalizer, query: Query) -> QueryRecord:
     errors = pose_errors(pose, query.truth) if pose is not None and query.truth is not None else (None, None)
     value = nees(pose, covariance, query.truth) if pose is not None and query.truth is not None else None
     return QueryRecord(query.stamp_ns, result.accepted, keyframe, inliers, pose, covariance, query.truth, *errors,
-                       value, latency, reason)
+                       value, latency, reason, dict(result.timings))
 
 
 def evaluate(relocalizer: Relocalizer, queries: Iterable[Query], limit: int | None = None) -> Iterator[QueryRecord]:
