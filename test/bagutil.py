@@ -39,7 +39,7 @@ class Run:
         """The optical frame's pose at the image stamps as a correct reader computes it: the
         interpolated optical frame of a pose topic, or (odom, tf) the interpolated base_link
         followed by the rigid mount, which differs by the mount's lever arm (< 1 mm here)."""
-        if poses == "pose":
+        if poses in ("pose", "pose_cov"):
             return self.poses
         base = [pose_to_matrix(p) @ np.linalg.inv(OPTICAL_IN_BASE) for p in self.tf_poses]
         q = np.array([matrix_to_pose(b)[1] for b in base])
@@ -144,7 +144,8 @@ def camera_info_msg(ns: int, camera, size):
 def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "pose", size=(240, 320),
               depth: str | None = "16UC1", depth_offset_s: float = 0.005, compressed: bool = False,
               camera_info: bool = True, names: dict[str, str] | None = None) -> Path:
-    """A recording of ``run``; ``poses``: "pose" (PoseStamped of the optical frame on /camera_pose),
+    """A recording of ``run``; ``poses``: "pose" (PoseStamped of the optical frame on /camera_pose;
+    "pose_cov": PoseWithCovarianceStamped),
     "odom" (Odometry of base_link in odom on /odom, plus tf_static) or "tf" (only /tf + /tf_static)."""
     names = {**NAMES, **(names or {})}
     camera = default_camera(size)
@@ -158,6 +159,7 @@ def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "p
         c_depth = conn(names["depth"], "sensor_msgs/msg/Image") if depth else None
         c_info = conn(names["info"], "sensor_msgs/msg/CameraInfo") if camera_info else None
         c_pose = conn("/camera_pose", "geometry_msgs/msg/PoseStamped") if poses == "pose" else None
+        c_cov = conn("/camera_pose", "geometry_msgs/msg/PoseWithCovarianceStamped") if poses == "pose_cov" else None
         c_odom = conn("/odom", "nav_msgs/msg/Odometry") if poses == "odom" else None
         c_tf = conn("/tf", "tf2_msgs/msg/TFMessage") if poses == "tf" else None
         c_static = conn("/tf_static", "tf2_msgs/msg/TFMessage") if poses in ("tf", "odom") else None
@@ -180,6 +182,9 @@ def write_bag(path: Path, run: Run, *, storage: str = "sqlite3", poses: str = "p
                 T_odom_base = np.linalg.inv(ODOM_IN_MAP) @ T_map_base
                 if c_pose is not None:
                     put(c_pose, ns, T["geometry_msgs/msg/PoseStamped"](header=_header(ns, "map"), pose=_pose_msg(item)))
+                if c_cov is not None:
+                    put(c_cov, ns, T["geometry_msgs/msg/PoseWithCovarianceStamped"](header=_header(ns, "map"), pose=T[
+                        "geometry_msgs/msg/PoseWithCovariance"](pose=_pose_msg(item), covariance=np.eye(6).reshape(-1))))
                 if c_odom is not None:
                     G = "geometry_msgs/msg/"
                     twist = T[G + "TwistWithCovariance"](twist=T[G + "Twist"](

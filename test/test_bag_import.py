@@ -22,13 +22,14 @@ from roma_ros.store import KeyframeStore
 RUN = camera_run(MAP_WAYPOINTS, 24)
 SIZE = (240, 320)
 CAMERA = ["--image", "/camera/image", "--depth", "/camera/depth", "--camera-info", "/camera/camera_info"]
-POSES = {"pose": ["--pose-topic", "/camera_pose"], "tf": ["--tf-from", "map", "--tf-to", "camera_optical_frame"],
+POSES = {"pose": ["--pose-topic", "/camera_pose"], "pose_cov": ["--pose-topic", "/camera_pose"], "tf": ["--tf-from", "map", "--tf-to", "camera_optical_frame"],
          "odom": ["--pose-topic", "/odom", "--camera-frame", "camera_optical_frame"]}
 CASES = {  # name: write_bag options
     "sqlite3-pose": dict(storage="sqlite3", poses="pose"),
     "mcap-tf": dict(storage="mcap", poses="tf"),
     "sqlite3-odom-compressed-32FC1": dict(storage="sqlite3", poses="odom", compressed=True, depth="32FC1"),
     "mcap-odom": dict(storage="mcap", poses="odom"),
+    "mcap-pose-with-covariance": dict(storage="mcap", poses="pose_cov", depth="32FC1"),
 }
 
 
@@ -75,7 +76,7 @@ def test_import_stores_the_truth(case, bags, tmp_path, capsys) -> None:
         np.testing.assert_array_equal(keyframe.image, truth.rgb)  # PNG: lossless either way
         valid = np.isfinite(truth.depth)
         assert np.array_equal(np.isfinite(keyframe.depth), valid)
-        assert np.abs(keyframe.depth[valid] - truth.depth[valid]).max() <= (5e-4 + 1e-5 if "32FC1" not in case else 1e-6)  # mm rounding
+        assert np.abs(keyframe.depth[valid] - truth.depth[valid]).max() <= (1e-6 if CASES[case].get("depth") == "32FC1" else 5e-4 + 1e-5)  # 16UC1: mm
 
 
 def test_the_thresholds_change_the_selection(bags, tmp_path) -> None:

@@ -164,6 +164,9 @@ def camera_info_intrinsics(message: Any) -> dict[str, Any]:
         raise BagError(f"camera_info K has fx={k[0]}, fy={k[4]}: the camera is not calibrated")
     d = [float(v) for v in message.d]
     if any(v != 0.0 for v in d):
+        if message.distortion_model not in ("plumb_bob", "rational_polynomial"):
+            raise BagError(f"camera_info distortion model '{message.distortion_model}' is not supported: record "
+                           "plumb_bob or rational_polynomial, or rectified images with their camera_info")
         intrinsics["distortion"] = d
     return intrinsics
 
