@@ -189,3 +189,21 @@ def test_not_a_bag(tmp_path, capsys) -> None:
     assert "is not a rosbag2 folder (no metadata.yaml)" in one_error(capsys)
     with pytest.raises(BagError, match="does not exist"):
         scan(tmp_path / "nothing", "/camera/image", PoseSource(topic="/p"))
+
+
+def test_an_image_left_by_a_crash_is_replaced_not_duplicated(bags, tmp_path) -> None:
+    """A crash between an add's image write and its index write leaves ``bag_<stamp>.png`` without
+    an entry (load sees a pose-less keyframe): the resumed import stores that frame properly."""
+    import cv2
+
+    chosen = expected_selection(KeyframeRule())
+    store_dir = tmp_path / "map"
+    store_dir.mkdir()
+    leftover = f"bag_{RUN.stamps_ns[chosen[1]]}"
+    cv2.imwrite(str(store_dir / f"{leftover}.png"), np.zeros((240, 320, 3), np.uint8))
+    summary = import_bag(bags["sqlite3-pose"], store_dir, "/camera/image", PoseSource(topic="/camera_pose"))
+    keyframes = KeyframeStore(store_dir).load()
+    assert summary.keyframes_written == len(chosen) == len(keyframes)
+    again = next(k for k in keyframes if k.name == leftover)
+    assert again.pose is not None and again.image.any()
+    assert sorted(p.name for p in store_dir.glob("*.png")) == sorted(f"{k.name}.png" for k in keyframes)

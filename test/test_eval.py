@@ -167,6 +167,18 @@ def test_bad_input_is_one_line(args, expected, world, tmp_path, capsys) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_decision_defaults_are_the_nodes() -> None:
+    from roma_ros.cli.eval import build_parser, decision_config
+    from roma_ros.ros import params as P
+
+    for model in ("classical", "roma_outdoor"):
+        config = decision_config(build_parser().parse_args(["--dir", "m", "--out", "o", "--model", model]))
+        assert config.threshold == P.SPECS["ransac.threshold"].default_for(model)
+        assert config.min_inliers == P.SPECS["min_inliers"].default_for(model)
+    args = build_parser().parse_args(["--dir", "m", "--out", "o", "--model", "classical", "--min-inliers", "7"])
+    assert decision_config(args).min_inliers == 7 and decision_config(args).threshold == 1.0
+
+
 def test_map_without_poses_is_refused(world, tmp_path, capsys) -> None:
     from roma_ros.store import KeyframeStore
 

@@ -15,6 +15,9 @@ from roma_ros.cli.bag_options import add_pose_source_arguments, pose_source
 from roma_ros.cli.model_options import add_model_arguments, model_config
 
 PROG = "roma-eval"
+# The node's decision defaults per model (ros/params.py's model_defaults; test_eval.py checks they agree):
+# SIFT keypoints are located to about a pixel, RoMa's to a fraction of one.
+MODEL_DECISION = {"classical": {"threshold": 1.0, "min_inliers": 20}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query intrinsics in pixels, CameraInfo convention")
     add_model_arguments(p)
     defaults = DecisionConfig()
-    p.add_argument("--min-inliers", type=int, default=defaults.min_inliers, help="as the node (default: %(default)s)")
+    p.add_argument("--min-inliers", type=int, help=f"as the node (default: {defaults.min_inliers}; classical: "
+                   f"{MODEL_DECISION['classical']['min_inliers']})")
+    p.add_argument("--ransac-threshold", type=float, metavar="PX",
+                   help=f"F inlier threshold, as the node's ransac.threshold (default: {defaults.threshold}; "
+                        f"classical: {MODEL_DECISION['classical']['threshold']})")
     p.add_argument("--top-k", type=int, default=defaults.top_k, help="as the node (default: %(default)s)")
     p.add_argument("--max-queries", type=int, metavar="N", help="stop after N queries")
     return p
@@ -55,11 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def decision_config(args: argparse.Namespace):
+    from roma_ros.localize.pipeline import DecisionConfig
+
+    chosen = {"min_inliers": args.min_inliers, "threshold": args.ransac_threshold}
+    settings = {**MODEL_DECISION.get(args.model, {}), **{k: v for k, v in chosen.items() if v is not None}}
+    return DecisionConfig(top_k=args.top_k, **settings)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from roma_ros.core.camera import CameraModel
-    from roma_ros.localize.pipeline import DecisionConfig, Relocalizer
+    from roma_ros.localize.pipeline import Relocalizer
     from roma_ros.mapping import evaluate as ev
     from roma_ros.mapping.plots import plots
     from roma_ros.matching.registry import build_matcher
@@ -85,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         camera = CameraModel.from_ros(*args.intrinsics) if args.intrinsics else None
         count, queries = ev.folder_queries(args.images, args.ground_truth, camera, args.max_pose_gap)
     matcher = build_matcher(model_config(args))
-    relocalizer = Relocalizer(matcher, DecisionConfig(min_inliers=args.min_inliers, top_k=args.top_k))
+    relocalizer = Relocalizer(matcher, decision_config(args))
     relocalizer.set_keyframes(keyframes, cache_for(matcher, store.directory))
     total = count if args.max_queries is None else min(count, args.max_queries)
     records = list(tqdm(ev.evaluate(relocalizer, queries, args.max_queries), total=total, desc="queries",

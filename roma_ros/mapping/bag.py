@@ -198,7 +198,7 @@ def scan(path: str | Path, image_topic: str, poses: PoseSource, depth_topic: str
         types = {t: _msgtype(reader, t) for t in topics}
         image_stamps, depth_stamps, infos = [], [], []
         pose_rows: list[tuple[int, tuple, tuple]] = []
-        pose_frames: set[str] = set()
+        pose_frames: set[tuple[str, str]] = set()  # (parent, child: Odometry's child_frame_id or "")
         tree = TfTree()
         for topic, msg, _ in read_messages(reader, path, topics):
             if topic == image_topic:
@@ -209,8 +209,7 @@ def scan(path: str | Path, image_topic: str, poses: PoseSource, depth_topic: str
                 infos.append((stamp_ns(msg.header.stamp), msg))
             elif topic == poses.topic:
                 pose_rows.append((stamp_ns(msg.header.stamp), *_pose_of(msg)))
-                pose_frames.add(msg.header.frame_id.lstrip("/") + ("\0" + msg.child_frame_id.lstrip("/")
-                                                                   if hasattr(msg, "child_frame_id") else ""))
+                pose_frames.add((msg.header.frame_id.lstrip("/"), getattr(msg, "child_frame_id", "").lstrip("/")))
             if topic in tf_topics:
                 for t in msg.transforms:
                     tr, ro = t.transform.translation, t.transform.rotation
@@ -242,16 +241,17 @@ def scan(path: str | Path, image_topic: str, poses: PoseSource, depth_topic: str
     return Scan(path, frames, image_topic, depth_topic, trajectory, parent, types)
 
 
-def _camera_poses(frames: list[Frame], stamps: np.ndarray, poses: PoseSource, pose_rows: list, pose_frames: set[str],
+def _camera_poses(frames: list[Frame], stamps: np.ndarray, poses: PoseSource, pose_rows: list, pose_frames: set,
                   tree: TfTree, path: Path) -> tuple[Trajectory, str]:
     """Each frame's optical-frame pose; returns the source trajectory and its parent frame."""
     if poses.topic:
         if not pose_rows:
             raise BagError(f"pose topic '{poses.topic}' in bag '{path}' has no messages")
         if len(pose_frames) > 1:
-            raise BagError(f"pose topic '{poses.topic}' changes frames ({', '.join(sorted(pose_frames))}); "
+            listed = ", ".join(" -> ".join(filter(None, pair)) for pair in sorted(pose_frames))
+            raise BagError(f"pose topic '{poses.topic}' changes frames ({listed}); "
                            "record one frame per topic")
-        parent, _, body = next(iter(pose_frames)).partition("\0")
+        parent, body = next(iter(pose_frames))
         source = Trajectory([r[0] for r in pose_rows], [r[1] for r in pose_rows], [r[2] for r in pose_rows],
                             f"pose on '{poses.topic}'")
         pos, quat, reasons = source.at(stamps, poses.max_gap_s)
