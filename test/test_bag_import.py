@@ -207,3 +207,23 @@ def test_an_image_left_by_a_crash_is_replaced_not_duplicated(bags, tmp_path) -> 
     again = next(k for k in keyframes if k.name == leftover)
     assert again.pose is not None and again.image.any()
     assert sorted(p.name for p in store_dir.glob("*.png")) == sorted(f"{k.name}.png" for k in keyframes)
+
+
+def test_ctrl_c_says_how_to_resume(bags, tmp_path, capsys, monkeypatch) -> None:
+    import roma_ros.mapping.importer as importer
+
+    real, calls = importer._store, []
+
+    def store_then_interrupt(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(importer, "_store", store_then_interrupt)
+    args = ["import-bag", str(bags["sqlite3-pose"]), "--dir", str(tmp_path / "map"), *CAMERA, *POSES["pose"]]
+    assert main(args) == 130
+    assert "run the same command again" in capsys.readouterr().err
+    assert len(KeyframeStore(tmp_path / "map").load()) == 2
+    monkeypatch.setattr(importer, "_store", real)
+    assert main(args) == 0 and len(KeyframeStore(tmp_path / "map").load()) == len(expected_selection(KeyframeRule()))

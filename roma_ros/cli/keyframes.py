@@ -216,9 +216,15 @@ def cmd_import_bag(args: argparse.Namespace) -> int:
     from roma_ros.mapping.importer import import_bag
 
     rule = KeyframeRule(args.min_distance, args.min_angle, args.max_interval)
-    summary = import_bag(args.bag, args.dir, args.image, pose_source(args), args.depth, args.camera_info, rule,
-                         args.depth_tolerance, warn=lambda line: warn([line]),
-                         progress=lambda it, total: tqdm(it, total=total, desc="keyframes", unit="kf", disable=None))
+    try:
+        summary = import_bag(args.bag, args.dir, args.image, pose_source(args), args.depth, args.camera_info, rule,
+                             args.depth_tolerance, warn=lambda line: warn([line]),
+                             progress=lambda it, total: tqdm(it, total=total, desc="keyframes", unit="kf",
+                                                             disable=None))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the keyframes written so far are complete: run the same command again to "
+              "import the rest", file=sys.stderr)
+        return 130
     for line in summary.lines():
         print(line)
     return cmd_build_cache(args) if args.build_cache else 0
