@@ -8,6 +8,8 @@ a map run and a query run from other viewpoints, each ``--frames`` frames at 10 
   poses interpolated, depth paired), select (keyframing.py on all frames), decode (pass 2: the
   chosen frames' image and depth decoded) and write (KeyframeStore.add: PNG image and depth,
   index rewrite, fsyncs), per frame of the recording and per keyframe written;
+- with ``--dense``, the same import with nearly every frame a keyframe: what one ``KeyframeStore.add``
+  costs as the index grows (it rewrites keyframes.yaml each time);
 - the feature cache's cost per keyframe, the reference the import must stay well under: RoMa
   outdoor with random weights at coarse 112 (the smallest the tests use; real settings cost
   more), ``FeatureCache.prepare`` on keyframes of the map (``--no-roma`` skips it);
@@ -15,7 +17,8 @@ a map run and a query run from other viewpoints, each ``--frames`` frames at 10 
   (mapping/evaluate.py): the Relocalizer's stages per query, and the evaluation's own overhead
   (bag reading and decoding, map composition, errors) as what is left of the wall clock.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/bag.py                 # ~2 min on 2 CPU cores
+    PYTHONPATH=$PWD .venv/bin/python bench/bag.py --dense         # ~4 min on 2 CPU cores (as in results/)
+    PYTHONPATH=$PWD .venv/bin/python bench/bag.py                 # ~1.5 min
     PYTHONPATH=$PWD .venv/bin/python bench/bag.py --frames 200 --queries 20 --no-roma
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ from roma_ros.localize.pipeline import DecisionConfig, Relocalizer  # noqa: E402
 from roma_ros.mapping.bag import PoseSource  # noqa: E402
 from roma_ros.mapping.evaluate import bag_queries, evaluate, summarize, summary_text  # noqa: E402
 from roma_ros.mapping.importer import import_bag  # noqa: E402
+from roma_ros.mapping.keyframing import KeyframeRule  # noqa: E402
 from roma_ros.matching.base import MatcherConfig  # noqa: E402
 from roma_ros.matching.registry import build_matcher  # noqa: E402
 from roma_ros.store import KeyframeStore  # noqa: E402
@@ -54,6 +58,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"))
     p.add_argument("--no-roma", action="store_true", help="skip the feature-cache reference (RoMa, ~16 s, 4 GB)")
+    p.add_argument("--dense", action="store_true", help="also import with nearly every frame a keyframe")
     args = p.parse_args()
     size = tuple(args.size)
     lines = []
@@ -88,6 +93,26 @@ def main() -> None:
         select_write = summary.timings["select"] + summary.timings["write"]
         say(f"  selection + writing: {select_write / max(k, 1) * 1e3:.2f} ms per keyframe written "
             f"({summary.timings['select'] / n * 1e6:.1f} us per frame for the selection)")
+
+        if args.dense:
+            # Nearly every frame a keyframe: the store's per-add cost as the index grows (each add
+            # rewrites keyframes.yaml), first and last tenth of the additions.
+            times = []
+
+            def timed(stream, total):
+                for item in stream:
+                    times.append(time.perf_counter())
+                    yield item
+
+            dense = import_bag(map_bag, root / "dense", "/camera/image", TF, "/camera/depth", "/camera/camera_info",
+                               KeyframeRule(min_distance=0.02, min_angle_deg=1.0, max_interval_s=0.0), progress=timed)
+            steps = np.diff(times)
+            tenth = max(1, len(steps) // 10)
+            say("")
+            say(f"dense import (min_distance 0.02 m, min_angle 1 deg): {dense.keyframes_written} keyframes, write "
+                f"{dense.timings['write'] / dense.keyframes_written * 1e3:.1f} ms per keyframe on average; per "
+                f"keyframe (decode + write) over the first tenth {np.mean(steps[:tenth]) * 1e3:.1f} ms, the last "
+                f"tenth {np.mean(steps[-tenth:]) * 1e3:.1f} ms")
 
         keyframes = KeyframeStore(root / "store").load()
         if not args.no_roma:
