@@ -34,6 +34,7 @@ setup(
             "roma-match = roma_ros.cli.match:main",
             "roma-demo = roma_ros.demo.run:main",
             "roma-keyframes = roma_ros.cli.keyframes:main",
+            "roma-eval = roma_ros.cli.eval:main",
         ],
     },
 )

@@ -1,4 +1,5 @@
-"""`roma-keyframes`: add, list, remove and check keyframes, and build their feature cache.
+"""`roma-keyframes`: add, list, remove and check keyframes, build their feature cache, and
+import them from a rosbag2 recording (mapping/importer.py).
 
 Works on the same folder and through the same code (KeyframeStore, FeatureCache)
 as the node; after changing a running node's folder, call its ~/reload_keyframes.
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from roma_ros.cli.bag_options import add_pose_source_arguments, pose_source
 from roma_ros.cli.model_options import add_model_arguments, model_config
 from roma_ros.store import check_registered, read_depth_raw, to_metres, valid_fraction
+from roma_ros.mapping.keyframing import KeyframeRule
 from roma_ros.store.check import check_store
 from roma_ros.store.folder import DEFAULT_DIR, INTRINSICS_KEYS, Keyframe, KeyframeStore, _parse_pose, parse_intrinsics
 
@@ -54,10 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(cache)
     cache.add_argument("--keep-vgg", action="store_true", help="as the node's keep_vgg parameter")
 
+    add_import_arguments(sub.add_parser(
+        "import-bag", parents=[common], help="build keyframes from a rosbag2 recording (sqlite3 or MCAP)",
+        description="Select keyframes by pose (moved --min-distance or turned --min-angle from every stored "
+                    "keyframe, or --max-interval since the last) and store image, depth, intrinsics and pose. "
+                    "Run it again after an interruption: frames already stored are skipped."))
+
     check = sub.add_parser("check", parents=[common], help="report (and --repair) problems of the store")
     check.add_argument("--repair", action="store_true",
                        help="fix what can be fixed; user images are moved aside, never deleted")
     return p
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bag", metavar="BAG", help="rosbag2 folder (or its .db3 / .mcap file)")
+    p.add_argument("--image", required=True, metavar="TOPIC", help="sensor_msgs/Image or CompressedImage topic")
+    p.add_argument("--depth", metavar="TOPIC", help="depth registered to the image: 16UC1 (mm) or 32FC1 (m)")
+    p.add_argument("--camera-info", metavar="TOPIC", help="sensor_msgs/CameraInfo of the image (intrinsics)")
+    p.add_argument("--depth-tolerance", type=float, default=0.02, metavar="S",
+                   help="largest image-depth stamp difference (default: %(default)s s)")
+    add_pose_source_arguments(p)
+    defaults = KeyframeRule()
+    p.add_argument("--min-distance", type=float, default=defaults.min_distance, metavar="M",
+                   help="new keyframe when moved at least this far from every keyframe (default: %(default)s m)")
+    p.add_argument("--min-angle", type=float, default=defaults.min_angle_deg, metavar="DEG",
+                   help="... or turned at least this much (default: %(default)s deg)")
+    p.add_argument("--max-interval", type=float, default=defaults.max_interval_s, metavar="S",
+                   help="... or this long after the last keyframe; 0 = never (default: %(default)s s)")
+    p.add_argument("--build-cache", action="store_true", help="build the feature cache afterwards (model options)")
+    add_model_arguments(p)
+    p.add_argument("--keep-vgg", action="store_true", help="as the node's keep_vgg parameter (--build-cache)")
 
 
 def existing_store(directory: str) -> KeyframeStore:
@@ -181,6 +210,26 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_bag(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from roma_ros.mapping.importer import import_bag
+
+    rule = KeyframeRule(args.min_distance, args.min_angle, args.max_interval)
+    try:
+        summary = import_bag(args.bag, args.dir, args.image, pose_source(args), args.depth, args.camera_info, rule,
+                             args.depth_tolerance, warn=lambda line: warn([line]),
+                             progress=lambda it, total: tqdm(it, total=total, desc="keyframes", unit="kf",
+                                                             disable=None))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the keyframes written so far are complete: run the same command again to "
+              "import the rest", file=sys.stderr)
+        return 130
+    for line in summary.lines():
+        print(line)
+    return cmd_build_cache(args) if args.build_cache else 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     store = existing_store(args.dir)
     lines = check_store(store, repair=args.repair)
@@ -198,7 +247,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "build-cache": cmd_build_cache,
-            "check": cmd_check}
+            "check": cmd_check, "import-bag": cmd_import_bag}
 
 
 def main(argv: list[str] | None = None) -> int:

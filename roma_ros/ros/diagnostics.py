@@ -13,7 +13,7 @@ from roma_ros.ros.conversions import (
 from roma_ros.ros.health import Level
 
 LOG_THROTTLE_S = 10.0
-LOG_CAUSES = ("model", "keyframes", "processing", "camera_info", "keyframe_pose",
+LOG_CAUSES = ("model", "keyframes", "processing", "camera_info", "keyframe_pose", "mapping",
               *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
 
 
@@ -52,6 +52,7 @@ class DiagnosticsMixin:
             **self.pose_status,
             "pose_frame": self.values["base_frame"] if self.values["camera_to_base"] else "camera optical frame",
             "query_intrinsics": self._intrinsics_source(),
+            **self.mapping_status(),
         }
         message = f"{self.state}; {health_text}" if health_text else self.state
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: relocalization",

@@ -45,6 +45,7 @@ from roma_ros.store import KeyframeStore
 from roma_ros.mapping.sync import StampBuffer
 from roma_ros.ros.diagnostics import LOG_CAUSES, LOG_THROTTLE_S, DiagnosticsMixin
 from roma_ros.ros.inputs import DEPTH_BUFFER, POSE_BUFFER, InputsMixin
+from roma_ros.ros.mapping_mode import MappingModeMixin, keyframe_rule
 from roma_ros.ros.outputs import OutputsMixin
 from roma_ros.ros.services import ServicesMixin
 from roma_ros.ros.worker import WorkerMixin
@@ -52,7 +53,7 @@ from roma_ros.ros.worker import WorkerMixin
 EXIT_BAD_PARAMETER = 2  # a start-up parameter its rules do not allow: `ros2 launch` reports the exit
 
 
-class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, ServicesMixin, Node):
+class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, ServicesMixin, MappingModeMixin, Node):
     """match_node: parameters and assembly here; each job lives in its own module (ros/__init__.py)."""
 
     def __init__(self, matcher: Matcher | None = None, **kwargs: Any) -> None:
@@ -90,6 +91,7 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
                             "position_std_m": "", "poses_published": "0"}
         self._poses_published = 0
         self._pub_initialpose = None  # created when publish_initialpose is first on (AMCL sees no idle publisher)
+        self._init_mapping()
 
         self.pub_matches = self.create_publisher(PointCloud2, "~/matches", 10)
         self.pub_debug = self.create_publisher(Image, "~/debug_image", 1)
@@ -136,6 +138,7 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
                 values[change.name] = P.check_value(change.name, change.value)
             decision = P.decision_config(values)
             pose_config = P.pose_config(values)
+            keyframe_rule(values)
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.values = values

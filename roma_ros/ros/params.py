@@ -213,6 +213,16 @@ PARAMS: tuple[ParamSpec, ...] = (
               choices=("pose_stamped", "pose_with_covariance_stamped")),
     ParamSpec("sync_tolerance", 0.05, "~/add_keyframe stores the depth frame and keyframe_pose whose stamps lie "
               "within this many seconds of the image's", live=True, minimum=0.0, maximum=10.0),
+    ParamSpec("mapping.enabled", False, "mapping mode: store a query frame as a keyframe (as ~/add_keyframe does) "
+              "whenever keyframe_pose shows the camera moved mapping.min_distance or turned mapping.min_angle from "
+              "every stored keyframe, or mapping.max_interval passed; additions are counted in /diagnostics",
+              live=True),
+    ParamSpec("mapping.min_distance", 0.5, "mapping mode: metres moved from every keyframe for a new one",
+              live=True, minimum=0.0),
+    ParamSpec("mapping.min_angle", 15.0, "mapping mode: or degrees turned from every keyframe", live=True,
+              minimum=0.0, maximum=180.0),
+    ParamSpec("mapping.max_interval", 10.0, "mapping mode: or seconds (image stamps) since the last keyframe; 0 = "
+              "no time rule", live=True, minimum=0.0),
     ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True, minimum=-1),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (wall clock)",

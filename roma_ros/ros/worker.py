@@ -106,6 +106,7 @@ class WorkerMixin:
             result.pose.reason = camera_problem
         latency = time.perf_counter() - start
         self._publish_result(msg.header, rgb, result, latency)
+        self._map_frame(msg.header, rgb)  # mapping mode (mapping_mode.py): maybe store this frame
         self.latencies.append(latency)
         self.processed_times.append(time.monotonic())
         self.accepted += int(result.accepted)
