@@ -216,9 +216,16 @@ def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: Camer
                if absent]
     if missing:
         return PoseEstimate(False, "no " + ", no ".join(missing), "none", False, None, None)
+    camera = keyframe_camera(keyframe)
+    height, width = keyframe.image.shape[:2]
+    try:
+        camera.validate()
+        camera.check_distortion(width, height)
+    except ValueError as exc:
+        return PoseEstimate(False, f"bad intrinsics for keyframe '{keyframe.name}': {exc}", "none", False, None, None)
     inl = best.verification.inlier_mask
     return estimate_pose(best.matches.kpts_query[inl], best.matches.kpts_candidate[inl], keyframe.depth,
-                         keyframe_camera(keyframe), query_camera, config)
+                         camera, query_camera, config)
 
 
 def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Verification]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -13,6 +14,10 @@ from roma_ros.ros.conversions import (
     depth_msg_to_array,
 )
 from roma_ros.store import INTRINSICS_KEYS, DepthFileError, check_registered, valid_fraction
+
+# Requests waiting while a service callback runs: rclpy's default keeps 10, so of 30 clients
+# calling ~/reload_keyframes at once 20 were never answered. 100 waiting requests cost nothing.
+SERVICE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class ServicesMixin:
