@@ -205,10 +205,23 @@ def test_absurd_distortion_is_refused_with_a_reason_before_any_pose():
                         intrinsics={"fx": 500.0, "fy": 500.0, "cx": 319.5, "cy": 239.5,
                                     "distortion": [1e6, 1e6, 0.0, 0.0, 1e6]},
                         depth=np.ones((480, 640), np.float32))
-    best = type("Best", (), {})()
+    best = type("Best", (), {})()  # never reached: the gate answers first
     estimate = relative_pose(best, keyframe, CameraModel(500.0, 500.0, 320.0, 240.0), PoseConfig())
     assert not estimate.ok and "bad intrinsics for keyframe 'kf'" in estimate.reason
     assert "diagonal" in estimate.reason
+
+
+def test_roma_match_refuses_absurd_distortion_in_one_line(tmp_path, pairs, capsys):
+    from roma_ros.cli.match import main
+    from roma_ros.core.imageio import save_rgb
+
+    save_rgb(tmp_path / "q.png", pairs["coffee"].query)
+    save_rgb(tmp_path / "c.png", pairs["coffee"].candidate)
+    code = main([str(tmp_path / "q.png"), str(tmp_path / "c.png"), "--model", "classical",
+                 "--query-intrinsics", "500,500,320,240", "--keyframe-intrinsics", "500,500,320,240",
+                 "--query-distortion", "1e6,1e6,0,0,1e6"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--query-distortion" in err and "diagonal" in err
 
 
 def test_zero_size_camera_info_is_refused():

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from roma_ros.cli.model_options import add_model_arguments, model_config
-from roma_ros.cli.pose_options import add_pose_arguments, check_depth_size, compute_pose, pose_inputs, pose_json, pose_line
+from roma_ros.cli.pose_options import (
+    add_pose_arguments, check_cameras, check_depth_size, compute_pose, pose_inputs, pose_json, pose_line,
+)
 from roma_ros.matching.base import WeightsError
 from roma_ros.matching.registry import build_matcher
 
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     stage("load_images", t)
     if pose_in is not None:
         check_depth_size(pose_in, candidate.shape, args.keyframe_depth)
+        check_cameras(pose_in, query.shape, candidate.shape)
     config = model_config(args, symmetric=not args.one_way, num_samples=args.num_samples, sampler=args.sampler,
                           resize_to_model=args.resize_to_model)
     t = time.perf_counter()

@@ -220,7 +220,7 @@ def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: Camer
     height, width = keyframe.image.shape[:2]
     try:
         camera.validate()
-        camera.check_distortion(width, height)
+        camera.check_for_image(width, height)
     except ValueError as exc:
         return PoseEstimate(False, f"bad intrinsics for keyframe '{keyframe.name}': {exc}", "none", False, None, None)
     inl = best.verification.inlier_mask

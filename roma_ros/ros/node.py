@@ -37,6 +37,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from roma_ros.core.text import MESSAGE_LIMIT, printable
 from roma_ros.ros import params as P
 from roma_ros.ros.health import FrameAccounting, LogThrottle, SequenceGaps
 from roma_ros.matching.base import Matcher
@@ -63,7 +64,8 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         try:
             self.values = self._declare_parameters()
         except P.ParameterError as exc:
-            self.get_logger().fatal(f"{exc}; the node stops: fix the parameter and start it again")
+            self.get_logger().fatal(f"{printable(exc, MESSAGE_LIMIT)}; the node stops: fix the parameter and "
+                                    "start it again")
             super().destroy_node()
             raise
         self.add_on_set_parameters_callback(self._on_set_parameters)

@@ -125,8 +125,8 @@ def camera_info_intrinsics(msg: CameraInfo) -> dict:
 
 def camera_info_to_camera(msg: CameraInfo):
     """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame).
-    Refused (CameraInfoError) without an image size, or with a distortion that fails the sanity
-    gate ``CameraModel.check_distortion`` for that size."""
+    Refused (CameraInfoError) without an image size, or with a model that fails the sanity
+    gate ``CameraModel.check_for_image`` for that size."""
     from roma_ros.localize.pose import CameraModel
 
     width, height = int(msg.width), int(msg.height)
@@ -136,7 +136,7 @@ def camera_info_to_camera(msg: CameraInfo):
     camera = CameraModel.from_intrinsics(camera_info_intrinsics(msg))
     try:
         camera.validate()
-        camera.check_distortion(width, height)
+        camera.check_for_image(width, height)
     except ValueError as exc:
         raise CameraInfoError(f"camera_info: {exc}") from None
     return camera
