@@ -134,6 +134,15 @@ def test_progressive_jpeg_scan_bomb_is_a_bad_frame_with_its_reason(ros, tmp_path
     assert probe.send(msg=rgb_to_compressed_msg(pairs["coffee"].query, quality=95)).width >= 30
 
 
+def test_a_keyframe_file_that_is_a_scan_bomb_is_an_image_file_error(tmp_path):
+    from roma_ros.core.imageio import ImageFileError, load_rgb
+
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(scan_bomb(np.full((64, 64, 3), 128, np.uint8), 500))
+    with pytest.raises(ImageFileError, match="510 scans"):
+        load_rgb(path)
+
+
 def test_scan_count_skips_segment_payloads_and_counts_ordinary_files():
     rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
     baseline = cv2.imencode(".jpg", rgb)[1].tobytes()
@@ -236,10 +245,13 @@ def test_setting_a_live_parameter_to_not_set_is_rejected(ros, tmp_path, pairs, s
     stop_after((node, probe, spinner))
     client = probe.create_client(SetParameters, "/roma_matcher/set_parameters")
     wait_for(client.service_is_ready, 20, "set_parameters")
-    future = client.call_async(SetParameters.Request(parameters=[ParameterMsg(name="query_intrinsics")]))
-    (result,) = wait_for(lambda: future.result() if future.done() else None, 20, "the answer").results
-    assert not result.successful and "PARAMETER_NOT_SET" in result.reason
-    assert node.has_parameter("query_intrinsics")
+    reasons = {}
+    for name in ("query_intrinsics", "model", "use_sim_time"):  # live, start-up only, rclpy's own
+        future = client.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name)]))
+        (result,) = wait_for(lambda: future.result() if future.done() else None, 20, "the answer").results
+        assert not result.successful and node.has_parameter(name), name
+        reasons[name] = result.reason
+    assert "PARAMETER_NOT_SET" in reasons["query_intrinsics"]
     assert node.set_parameters([Parameter("query_intrinsics", value=[500.0, 500.0, 320.0, 240.0])])[0].successful
 
 

@@ -104,6 +104,9 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
+    if data[:2].tobytes() == b"\xff\xd8" and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
+        raise ImageFileError(f"image file '{path}' is a JPEG of {scans} scans > {MAX_JPEG_SCANS}: too costly to "
+                             "decode (each scan is a pass over the whole image); save it as PNG or baseline JPEG")
     with quiet_opencv() as codec:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
