@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
@@ -29,6 +30,7 @@ from roma_ros.ros.conversions import (
 )
 from test_reliability import diagnostics_when, pairs, publish, stop_after  # noqa: F401 (fixtures)
 from test_node import start, write_keyframes
+from test_node_pose import scene  # noqa: F401 (fixture)
 
 
 # ------------------------------------------------------------------ 6. a download cannot run code
@@ -82,6 +84,13 @@ def test_publisher_strings_are_escaped_and_cut_in_logs_and_diagnostics(ros, tmp_
     error = diag["last_error"]
     assert "unsupported encoding 'rgb9\\n[FATAL]" in error and "\n" not in error and "\r" not in error
     assert len(error) <= MESSAGE_LIMIT + 40 and "more characters" in error
+    pose = PoseStamped()
+    pose.header.frame_id = FORGED * 1000
+    pose.pose.orientation.w = 1.0
+    node._on_keyframe_pose(pose)  # the keyframe_pose callback, as a SLAM publisher would reach it
+    error = node.last_error
+    assert error.startswith("ignoring keyframe_pose in frame 'rgb9\\n[FATAL]") and "\n" not in error
+    assert len(error) <= MESSAGE_LIMIT + 40
     err = capfd.readouterr().err
     assert not any(line.startswith("[FATAL]") for line in err.splitlines()), err
     assert len(err) < 5 * MESSAGE_LIMIT
@@ -218,6 +227,31 @@ def test_absurd_distortion_is_refused_with_a_reason_before_any_pose():
     estimate = relative_pose(best, keyframe, CameraModel(500.0, 500.0, 320.0, 240.0), PoseConfig())
     assert not estimate.ok and "bad intrinsics for keyframe 'kf'" in estimate.reason
     assert "diagonal" in estimate.reason
+
+
+def test_absurd_or_sizeless_camera_info_gives_no_pose_and_says_why(ros, tmp_path, scene, stop_after):
+    from test_node_pose import camera_info_msg, posed_store, start_node
+
+    keyframes, queries = scene
+    posed_store(tmp_path / "kf", keyframes)
+    node, probe, spinner = start_node(tmp_path / "kf")
+    stop_after((node, probe, spinner))
+    wait_for(lambda: probe.pub_info.get_subscription_count(), 20, "the camera_info subscription")
+    good = camera_info_msg(queries[0])
+    probe.pub_info.publish(good)
+    assert probe.pose_for(probe.send(queries[0].rgb))  # the scene gives a pose with a sane camera
+    for change, reason in (({"d": [1e6, 1e6, 0.0, 0.0, 1e6]}, "diagonal"), ({"width": 0, "height": 0}, "0x0")):
+        bad = camera_info_msg(queries[0])
+        for field, value in change.items():
+            setattr(bad, field, value)
+        probe.pub_info.publish(bad)
+        wait_for(lambda: node._camera_info is not None and node._camera_info[0].d.tolist() == list(bad.d)
+                 and node._camera_info[0].width == bad.width, 10, "the bad camera_info at the node")
+        cloud = probe.send(queries[1].rgb)
+        assert cloud.width >= 20 and probe.no_pose_for(cloud)
+        assert reason in node.pose_status["pose_result"], node.pose_status
+        diag = diagnostics_when(probe, lambda d: reason in d.get("last_error", ""), "the camera_info reason")
+        assert "camera_info" in diag["last_error"]
 
 
 def test_roma_match_refuses_absurd_distortion_in_one_line(tmp_path, pairs, capsys):
