@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
