@@ -1,5 +1,6 @@
-"""Property-based fuzzing of the image conversions: over random messages, raw and compressed,
-a conversion either returns a valid RGB array or raises ImageConversionError, nothing else."""
+"""Property-based fuzzing of the message conversions: over random messages, raw and compressed
+images give a valid RGB array or ImageConversionError, depth images an (H, W) array or
+ImageConversionError, camera_info a camera that passes every gate or CameraInfoError; nothing else."""
 from __future__ import annotations
 
 import array
@@ -11,10 +12,11 @@ import cv2
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from roma_ros.ros.conversions import (
-    FRAME_FAULTS, MIN_IMAGE_SIDE, SUPPORTED_ENCODINGS, ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb,
+    DEPTH_ENCODINGS, FRAME_FAULTS, MIN_IMAGE_SIDE, SUPPORTED_ENCODINGS, CameraInfoError, ImageConversionError,
+    camera_info_to_camera, compressed_msg_to_rgb, depth_msg_to_array, depth_msg_to_metres, image_msg_to_rgb,
 )
 
 MAX_PIXELS = 64 * 64
@@ -100,3 +102,70 @@ def compressed_payloads(draw) -> bytes:
 def test_compressed_conversion_returns_rgb_or_a_conversion_error(data, fmt, limited):
     msg = CompressedImage(format=fmt, data=array.array("B", data))
     check(compressed_msg_to_rgb, msg, **({"max_pixels": MAX_PIXELS, "min_side": MIN_IMAGE_SIDE} if limited else {}))
+
+
+# ------------------------------------------------------------------ camera_info and depth messages
+finite_or_not = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                          st.sampled_from([0.0, 1.0, -1.0, 1e6, -1e6, 1e-300]))
+
+
+@st.composite
+def camera_infos(draw) -> CameraInfo:
+    """Any K (usually plausible, sometimes absurd), any distortion model and vector, any size."""
+    plausible = draw(st.booleans())
+    if plausible:
+        f = draw(st.floats(50, 2000))
+        k = [f, 0.0, draw(st.floats(0, 1000)), 0.0, f * draw(st.floats(0.5, 2)), draw(st.floats(0, 1000)),
+             0.0, 0.0, 1.0]
+    else:
+        k = draw(st.lists(finite_or_not, min_size=9, max_size=9))
+    n = draw(st.sampled_from([0, 1, 4, 5, 8, 12, 14, 3]))
+    small = st.floats(-2, 2)
+    d = draw(st.lists(small if draw(st.booleans()) else finite_or_not, min_size=n, max_size=n))
+    return CameraInfo(width=draw(st.integers(0, 5000)), height=draw(st.integers(0, 5000)), k=k, d=d,
+                      distortion_model=draw(st.sampled_from(["plumb_bob", "rational_polynomial", "equidistant",
+                                                             "", "x\n[FATAL]"])),
+                      binning_x=draw(st.sampled_from([0, 0, 1, 2])))
+
+
+@FUZZ
+@given(camera_infos())
+def test_camera_info_gives_a_sane_camera_or_a_camera_info_error(msg):
+    """Whatever a publisher sends, the node gets a camera that passes every gate (valid, size
+    known, distortion sane for that size) or a CameraInfoError with a one-line reason."""
+    try:
+        camera = camera_info_to_camera(msg)
+    except CameraInfoError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    camera.validate()
+    camera.check_for_image(msg.width, msg.height)
+    assert msg.width > 0 and msg.height > 0
+    pts = np.array([[0.0, 0.0], [msg.width, msg.height], [msg.width / 2, msg.height / 2]])
+    assert np.isfinite(camera.normalized(pts)).all()
+
+
+@st.composite
+def depth_messages(draw) -> Image:
+    enc = draw(st.sampled_from(list(DEPTH_ENCODINGS) + ["32FC3", "", "rgb8"]))
+    h, w = draw(st.integers(-2, 40)), draw(st.integers(-2, 40))
+    itemsize = 4 if enc.startswith("32F") else 2
+    step = max(0, max(w, 0) * itemsize + draw(st.integers(-8, 8)))
+    size = max(0, step * max(h, 0) + draw(st.integers(-20, 20)))
+    data = np.random.default_rng(draw(st.integers(0, 2**31))).integers(0, 256, size, dtype=np.uint8).tobytes()
+    msg = Image(height=max(h, 0), width=max(w, 0), encoding=enc, is_bigendian=int(draw(st.booleans())), step=step)
+    msg.data = array.array("B", data)
+    return msg
+
+
+@FUZZ
+@given(depth_messages())
+def test_depth_message_gives_an_array_or_a_conversion_error(msg):
+    try:
+        depth = depth_msg_to_array(msg)
+        metres = depth_msg_to_metres(msg)
+    except ImageConversionError as exc:
+        assert str(exc)
+        return
+    assert depth.shape == metres.shape == (msg.height, msg.width) and depth.size > 0
+    assert metres.dtype == np.float32 and not (metres[np.isfinite(metres)] < 0).any()

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from roma_ros.cli.model_options import add_model_arguments, model_config
-from roma_ros.cli.pose_options import add_pose_arguments, check_depth_size, compute_pose, pose_inputs, pose_json, pose_line
+from roma_ros.cli.pose_options import (
+    add_pose_arguments, check_cameras, check_depth_size, compute_pose, pose_inputs, pose_json, pose_line,
+)
 from roma_ros.matching.base import WeightsError
 from roma_ros.matching.registry import build_matcher
 
@@ -54,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Output paths that cannot be written fail before the (slow) match, as one ValueError."""
+    for flag, value in (("-o/--output", args.output), ("--json", args.json), ("--plot", args.plot)):
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise ValueError(f"{flag} '{path}' is a folder: give a file name, e.g. '{path / 'out'}'")
+        parent = path.parent
+        if not parent.is_dir():
+            raise ValueError(f"{flag} '{path}': folder '{parent}' does not exist; create it first")
+        try:  # files are written through a temp file beside them (atomic): try one
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{flag} '{path}': cannot create files in folder '{parent}' "
+                             f"({exc.strerror or exc}); choose another place") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from roma_ros.localize.geometry import inlier_counts_for_thresholds, verify_fundamental
     from roma_ros.core.imageio import load_rgb, save_json, save_rgb
@@ -65,11 +88,13 @@ def run(args: argparse.Namespace) -> int:
         timings[name] = round(time.perf_counter() - start, 4)
 
     pose_in = pose_inputs(args)  # bad pose options fail before anything slow
+    check_outputs(args)
     t = time.perf_counter()
     query, candidate = load_rgb(args.query), load_rgb(args.candidate)
     stage("load_images", t)
     if pose_in is not None:
         check_depth_size(pose_in, candidate.shape, args.keyframe_depth)
+        check_cameras(pose_in, query.shape, candidate.shape)
     config = model_config(args, symmetric=not args.one_way, num_samples=args.num_samples, sampler=args.sampler,
                           resize_to_model=args.resize_to_model)
     t = time.perf_counter()
@@ -148,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except (ImageFileError, WeightsError, ValueError) as exc:
         print(f"roma-match: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output that cannot be written after all (/proc, a full disk, ...)
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"roma-match: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

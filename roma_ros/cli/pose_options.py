@@ -109,6 +109,18 @@ def pose_inputs(args: argparse.Namespace) -> PoseInputs | None:
     return PoseInputs(query, keyframe, depth, config)  # type: ignore[arg-type]
 
 
+def check_cameras(inputs: PoseInputs, query_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> None:
+    """Each camera against its image's size (``CameraModel.check_for_image``): an absurd
+    distortion or principal point is a one-line error, not a confident wrong pose."""
+    for which, camera, shape in (("query", inputs.query_camera, query_shape),
+                                 ("keyframe", inputs.keyframe_camera, candidate_shape)):
+        try:
+            camera.check_for_image(shape[1], shape[0])
+        except ValueError as exc:
+            flags = f"--{which}-intrinsics" + ("/--query-distortion" if which == "query" else "")
+            raise ValueError(f"{flags}: {exc}") from None
+
+
 def check_depth_size(inputs: PoseInputs, candidate_shape: tuple[int, ...], depth_file: str) -> None:
     if inputs.depth is not None:
         from roma_ros.store import check_registered

@@ -16,6 +16,14 @@ import numpy as np
 DISTORTION_LENGTHS = (0, 4, 5, 8, 12, 14)
 # cv2.undistortPoints' 5 fixed iterations leave ~1e-5 rad at strong distortion.
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-12)
+# The sanity gate (``check_for_image``): undistorting a point inside the image may
+# move it by at most this fraction of the image diagonal (a strong wide-angle plumb_bob lens,
+# k1 = -0.3 at fx = 500 on 640x480, moves its corners by 12 %; k1 = k2 = k3 = 1e6 by 50 %), and distorting the
+# result again must land within MAX_ROUND_TRIP_PX of where it started.
+MAX_DISTORTION_SHIFT = 0.25
+MIN_FOCAL_PX = 1.0
+MAX_ROUND_TRIP_PX = 1.0
+_BORDER_SAMPLES = 9  # points per image side (corners included) that the gate checks
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,56 @@ class CameraModel:
                              "rational_polynomial: 8)")
         if not all(math.isfinite(d) for d in self.distortion):
             raise ValueError("distortion coefficients must be finite")
+
+    def check_for_image(self, width: int, height: int) -> None:
+        """ValueError when the model is absurd for a ``width`` x ``height`` image (call after
+        ``validate``): a focal length under MIN_FOCAL_PX, a principal point more than one image
+        size outside the image, a point on the image border (where distortion is largest) that
+        undistortion moves by more than MAX_DISTORTION_SHIFT of the diagonal, or an undistortion
+        that does not round-trip (the iteration did not converge). Such a model gives a confident
+        but wrong pose, so it is refused before any."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size {width}x{height}: the camera model needs the size of its images")
+        if min(self.fx, self.fy) < MIN_FOCAL_PX:
+            raise ValueError(f"focal length fx={self.fx:g}, fy={self.fy:g} is under {MIN_FOCAL_PX:g} px: "
+                             "not a real camera; recalibrate it")
+        if not (-width <= self.cx <= 2 * width and -height <= self.cy <= 2 * height):
+            raise ValueError(f"principal point ({self.cx:g}, {self.cy:g}) is more than one image size outside "
+                             f"the {width}x{height} image: the calibration is for another image; recalibrate")
+        if not self.distorted:
+            return
+        t = np.linspace(0.0, 1.0, _BORDER_SAMPLES)
+        xs, ys, zeros = t * width, t * height, np.zeros_like(t)
+        border = np.concatenate([np.column_stack([xs, zeros]), np.column_stack([xs, zeros + height]),
+                                 np.column_stack([zeros, ys]), np.column_stack([zeros + width, ys])])
+        diagonal = math.hypot(width, height)
+        with np.errstate(all="ignore"):
+            try:
+                ideal = self.undistort(border)
+            except cv2.error as exc:
+                raise ValueError(f"distortion {list(self.distortion)} cannot be inverted: {exc.err}") from None
+            shift = np.linalg.norm(ideal - border, axis=1)
+            normalized = np.column_stack([(ideal[:, 0] - self.cx) / self.fx, (ideal[:, 1] - self.cy) / self.fy,
+                                          np.ones(len(ideal))])
+            again = np.full_like(border, np.nan)
+            if np.isfinite(normalized).all():
+                try:
+                    again = cv2.projectPoints(normalized, np.zeros(3), np.zeros(3), self.matrix(),
+                                              self.dist_coeffs())[0].reshape(-1, 2)
+                except cv2.error:
+                    pass  # stays NaN: refused below
+            round_trip = np.linalg.norm(again - border, axis=1)
+        worst = float(np.nanmax(shift)) if np.isfinite(shift).any() else math.inf
+        if not np.isfinite(shift).all() or worst > MAX_DISTORTION_SHIFT * diagonal:
+            raise ValueError(
+                f"distortion {list(self.distortion)} moves a point on the border of the {width}x{height} image by "
+                f"{worst:.0f} px, more than {MAX_DISTORTION_SHIFT:.0%} of its diagonal ({diagonal:.0f} px): the "
+                "calibration is wrong (or for another image size); recalibrate the camera")
+        if not np.isfinite(round_trip).all() or float(round_trip.max()) > MAX_ROUND_TRIP_PX:
+            raise ValueError(
+                f"distortion {list(self.distortion)} cannot be inverted on the {width}x{height} image (undistorting "
+                f"then distorting a border point misses it by more than {MAX_ROUND_TRIP_PX:g} px): the calibration "
+                "is wrong (or for another image size); recalibrate the camera")
 
     def undistort(self, pts: np.ndarray) -> np.ndarray:
         """(N, 2) pixels -> the pixels an ideal pinhole camera with the same K would see."""

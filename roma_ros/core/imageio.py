@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -24,8 +25,12 @@ class ImageFileError(ValueError):
 
 
 _STDERR_LOCK = threading.Lock()
+# How the lines libpng and libjpeg(-turbo) write to stderr begin: libpng's "libpng warning/error",
+# and libjpeg's warnings (its JWRN_* messages; its errors go to OpenCV's handler, not stderr).
 _CODEC_LINE = ("libpng", "Corrupt JPEG", "Premature end of JPEG", "Invalid SOS", "Bogus ", "Not a JPEG",
-               "Unsupported JPEG", "Wrong JPEG", "Huffman", "Invalid JPEG")
+               "Unsupported JPEG", "Wrong JPEG", "Huffman", "Invalid JPEG",
+               "Warning: unknown JFIF", "Unknown Adobe", "Inconsistent progression", "Application transferred",
+               "Unsupported marker", "Quantization table", "Unknown APP", "JFIF extension")
 
 
 @contextlib.contextmanager
@@ -62,6 +67,35 @@ def quiet_opencv() -> Iterator[list[str]]:
         cv2.utils.logging.setLogLevel(previous)
 
 
+# A progressive JPEG decodes in one pass per scan, each over the whole image: thousands of tiny
+# scans make a 200 KB frame cost seconds of decoding. libjpeg's default progressive script has
+# 10 scans (colour) and no encoder we know of writes more than a few dozen.
+MAX_JPEG_SCANS = 100
+# A marker: 0xFF then a code that is neither stuffing (0x00), a restart (0xD0-0xD7) nor fill (0xFF).
+_JPEG_MARKER = re.compile(rb"\xff([\x01-\xcf\xd8-\xfe])")
+_STANDALONE = {0x01, 0xD8}  # TEM, SOI: no length field
+
+
+def jpeg_scans(data: bytes | memoryview) -> int:
+    """How many scans (SOS markers) a JPEG holds, without decoding it: segments are skipped by
+    their length (so APPn payloads such as EXIF thumbnails do not count), entropy-coded data is
+    searched for the next marker. Stops at EOI or at the end of the data."""
+    data = bytes(data)
+    scans, pos = 0, 2  # after SOI
+    while (found := _JPEG_MARKER.search(data, pos)) is not None:
+        code, start = found.group(1)[0], found.start()
+        if code == 0xD9:  # EOI
+            break
+        if code in _STANDALONE:
+            pos = found.end()
+            continue
+        if start + 4 > len(data):
+            break
+        scans += code == 0xDA
+        pos = start + 2 + ((data[start + 2] << 8) | data[start + 3])
+    return scans
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3); 16-bit and grayscale files are converted."""
     path = Path(path)
@@ -70,6 +104,9 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
+    if data[:2].tobytes() == b"\xff\xd8" and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
+        raise ImageFileError(f"image file '{path}' is a JPEG of {scans} scans > {MAX_JPEG_SCANS}: too costly to "
+                             "decode (each scan is a pass over the whole image); save it as PNG or baseline JPEG")
     with quiet_opencv() as codec:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 from PIL import JpegImagePlugin, PngImagePlugin
 
-from roma_ros.core.imageio import quiet_opencv, to_uint8
+from roma_ros.core.imageio import MAX_JPEG_SCANS, jpeg_scans, quiet_opencv, to_uint8
+from roma_ros.core.text import printable
 
 # encoding -> (channels, bytes per channel); 8UC1/8UC3 are what OpenCV-based publishers send.
 _ENCODINGS: dict[str, tuple[int, int]] = {
@@ -78,7 +79,7 @@ def compressed_size(data: bytes | memoryview | np.ndarray, fmt: str) -> tuple[in
             return header.size
     except (OSError, SyntaxError, ValueError, struct.error, IndexError) as exc:
         raise ImageConversionError(
-            f"corrupt or empty compressed image (format '{fmt}', {len(data)} bytes): no readable JPEG or PNG "
+            f"corrupt or empty compressed image (format '{printable(fmt)}', {len(data)} bytes): no readable JPEG or PNG "
             f"header ({exc}); only jpeg and png are decoded (not compressedDepth)", "corrupt") from None
 
 
@@ -99,20 +100,20 @@ def image_msg_to_rgb(msg: Any, max_pixels: int | None = None, min_side: int = 1)
     enc = _ALIASES.get(msg.encoding, msg.encoding)
     if enc not in _ENCODINGS:
         raise ImageConversionError(
-            f"unsupported encoding '{msg.encoding}': publish rgb8, bgr8, rgba8, bgra8, mono8 or "
+            f"unsupported encoding '{printable(msg.encoding)}': publish rgb8, bgr8, rgba8, bgra8, mono8 or "
             "mono16, or use image/compressed", "encoding")
     channels, depth = _ENCODINGS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise ImageConversionError(
-            f"zero-size image ({w}x{h}, encoding '{msg.encoding}'): the publisher sent no pixels; "
+            f"zero-size image ({w}x{h}, encoding '{printable(msg.encoding)}'): the publisher sent no pixels; "
             "check the camera driver", "size")
-    check_frame_size(w, h, max_pixels, min_side, f"the {msg.encoding} frame")
+    check_frame_size(w, h, max_pixels, min_side, f"the {printable(msg.encoding)} frame")
     row_bytes = w * channels * depth
     if step < row_bytes:
         raise ImageConversionError(
             f"wrong step/size: step {step} < width {w} * {channels * depth} bytes per pixel "
-            f"({msg.encoding}); set step to at least {row_bytes}", "size")
+            f"({printable(msg.encoding)}); set step to at least {row_bytes}", "size")
     data = msg.data
     if len(data) < step * h:
         raise ImageConversionError(
@@ -135,14 +136,20 @@ def compressed_msg_to_rgb(msg: Any, max_pixels: int | None = None, min_side: int
     The size is read from the header first: a frame over ``max_pixels`` (a decompression bomb:
     a few hundred KB of PNG can claim 20000x20000) or with a side under ``min_side`` is rejected
     without decoding. OpenCV decodes to BGR(A), which matches what image_transport's compressed
-    plugin encodes; libpng/libjpeg complaints end up in the error, not on stderr.
+    plugin encodes; libpng/libjpeg complaints end up in the error, not on stderr. A JPEG with
+    more than MAX_JPEG_SCANS scans is rejected before decoding too (decode time is bounded).
     """
     buf = np.frombuffer(msg.data, np.uint8)
     if buf.size == 0:
-        raise ImageConversionError(f"corrupt or empty compressed image (format '{msg.format}', 0 bytes): "
+        raise ImageConversionError(f"corrupt or empty compressed image (format '{printable(msg.format)}', 0 bytes): "
                                    "check the publisher", "corrupt")
     width, height = compressed_size(buf, msg.format)
-    check_frame_size(width, height, max_pixels, min_side, f"the compressed frame (format '{msg.format}')")
+    check_frame_size(width, height, max_pixels, min_side, f"the compressed frame (format '{printable(msg.format)}')")
+    if buf[:2].tobytes() == b"\xff\xd8" and (scans := jpeg_scans(buf)) > MAX_JPEG_SCANS:
+        raise ImageConversionError(
+            f"image too costly to decode: the JPEG ({width}x{height}, {buf.size} bytes) has {scans} scans > "
+            f"{MAX_JPEG_SCANS}, and each scan is a pass over the whole image (a progressive-JPEG scan bomb); "
+            "publish baseline or ordinary progressive JPEG", "too_large")
     with quiet_opencv() as codec:
         try:
             img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -152,12 +159,12 @@ def compressed_msg_to_rgb(msg: Any, max_pixels: int | None = None, min_side: int
     if img is None or img.size == 0 or img.shape[:2] != (height, width):
         said = f" ({'; '.join(codec)})" if codec else ""
         raise ImageConversionError(
-            f"corrupt or empty compressed image (format '{msg.format}', {buf.size} bytes, header "
+            f"corrupt or empty compressed image (format '{printable(msg.format)}', {buf.size} bytes, header "
             f"{width}x{height}): OpenCV could not decode it{said}; check the publisher", "corrupt")
     if img.dtype != np.uint8:
         if img.dtype != np.uint16:
             raise ImageConversionError(
-                f"unsupported compressed pixel type {img.dtype} (format '{msg.format}'): "
+                f"unsupported compressed pixel type {img.dtype} (format '{printable(msg.format)}'): "
                 "publish 8- or 16-bit jpeg/png", "encoding")
         img = to_uint8(img)
     return _decoded_to_rgb(img)
@@ -171,7 +178,7 @@ def depth_msg_to_array(msg: Any) -> np.ndarray:
     """sensor_msgs/Image 16UC1 (mm, 0 = unknown) or 32FC1 (m, NaN/0 = unknown) -> a fresh
     (H, W) array as stored: uint16 millimetres or float32 metres (``depth.to_metres`` converts)."""
     if msg.encoding not in DEPTH_ENCODINGS:
-        raise ImageConversionError(f"unsupported depth encoding '{msg.encoding}': publish 16UC1 (mm) or 32FC1 (m)")
+        raise ImageConversionError(f"unsupported depth encoding '{printable(msg.encoding)}': publish 16UC1 (mm) or 32FC1 (m)")
     dtype = np.dtype(DEPTH_ENCODINGS[msg.encoding])
     if msg.is_bigendian:
         dtype = dtype.newbyteorder(">")
@@ -180,6 +187,6 @@ def depth_msg_to_array(msg: Any) -> np.ndarray:
         raise ImageConversionError(f"zero-size depth image ({w}x{h})")
     if step < w * dtype.itemsize or len(msg.data) < step * h:
         raise ImageConversionError(f"wrong depth step/size: step {step}, width {w}, height {h}, "
-                                   f"{len(msg.data)} bytes of data ({msg.encoding})")
+                                   f"{len(msg.data)} bytes of data ({printable(msg.encoding)})")
     view = np.ndarray((h, w), dtype, buffer=memoryview(msg.data), strides=(step, dtype.itemsize))
     return view.astype(dtype.newbyteorder("="))

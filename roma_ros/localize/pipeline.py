@@ -240,10 +240,27 @@ def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: Camer
                if absent]
     if missing:
         return PoseEstimate(False, "no " + ", no ".join(missing), "none", False, None, None)
+    problem = keyframe_camera_problem(keyframe)
+    if problem:
+        return PoseEstimate(False, problem, "none", False, None, None)
+    others = [(c, k) for c, k in (others or []) if not keyframe_camera_problem(k)]
     try:
-        return _pnp_over(best, keyframe, query_camera, config, others or [])
+        return _pnp_over(best, keyframe, query_camera, config, others)
     except ValueError as exc:  # a keyframe's bad depth_std: say so rather than stop the worker
         return PoseEstimate(False, str(exc), "none", False, None, None)
+
+
+def keyframe_camera_problem(keyframe: Keyframe) -> str:
+    """Why the keyframe's intrinsics cannot serve a pose for its image (absurd distortion, a focal
+    length under a pixel, ...), or "" when they can."""
+    height, width = keyframe.image.shape[:2]
+    try:
+        camera = keyframe_camera(keyframe)
+        camera.validate()
+        camera.check_for_image(width, height)
+    except ValueError as exc:
+        return f"bad intrinsics for keyframe '{keyframe.name}': {exc}"
+    return ""
 
 
 def _pnp_over(best, keyframe, query_camera, config, others) -> PoseEstimate:

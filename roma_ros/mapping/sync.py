@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -36,15 +37,37 @@ class Lookup(Generic[T]):
 
 
 class StampBuffer(Generic[T]):
-    """The last ``maxlen`` (stamp, item) pairs; thread-safe (callbacks add, a service looks up)."""
+    """The last ``maxlen`` (stamp, item) pairs; thread-safe (callbacks add, a service looks up).
 
-    def __init__(self, maxlen: int) -> None:
-        self._items: collections.deque[tuple[int, T]] = collections.deque(maxlen=maxlen)
+    With ``max_bytes`` (and ``size_of``, an item's size in bytes) it is bounded by bytes too:
+    the oldest items go first, and an item larger than the whole budget is refused."""
+
+    def __init__(self, maxlen: int, max_bytes: int | None = None,
+                 size_of: Callable[[T], int] | None = None) -> None:
+        self._items: collections.deque[tuple[int, T]] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()
+        self._maxlen, self._max_bytes = maxlen, max_bytes
+        self._size_of = size_of or (lambda item: 0)
         self._lock = threading.Lock()
 
     def add(self, stamp: Any, item: T) -> None:
+        """Keep ``item``; ValueError (saying why) when it alone is over ``max_bytes``."""
+        size = int(self._size_of(item))
+        if self._max_bytes is not None and size > self._max_bytes:
+            raise ValueError(f"{size / 2**20:.1f} MiB is more than the buffer's {self._max_bytes / 2**20:.0f} MiB")
         with self._lock:
             self._items.append((stamp_ns(stamp), item))
+            self._sizes.append(size)
+            while len(self._items) > self._maxlen or (
+                    self._max_bytes is not None and sum(self._sizes) > self._max_bytes):
+                self._items.popleft()
+                self._sizes.popleft()
+
+    @property
+    def nbytes(self) -> int:
+        """The held items' total size (by ``size_of``)."""
+        with self._lock:
+            return sum(self._sizes)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -3,10 +3,18 @@
 Missing weights are the most common first-run failure on a robot (no network on
 the vehicle), so every way of failing ends in one WeightsError that names each
 missing file, where it was looked for, and the URL to fetch it from.
+
+A checkpoint is a pickle, and unpickling can run code. Every checkpoint (a given path, the hub
+cache, a fresh download) is therefore loaded with ``weights_only=True``: tensors and plain
+containers only, so a replaced or tampered file is refused instead of run. The official URLs
+carry no hash (torch.hub checks the ``-<sha256 prefix>`` in a file name, and these names have
+none), so no download can be verified beyond that; ``check_hash=True`` is passed anyway and
+takes effect should a URL with a hash ever be listed.
 """
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +61,20 @@ def checkpoints_for(model: str, weights: str = "", dinov2_weights: str = "") -> 
     return [Checkpoint(name, os.path.expanduser(path or "")) for name, path in zip(files, given)]
 
 
+def _refused(exc: Exception) -> str:
+    """Why a checkpoint failed to load, in words for the user."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("it is not a plain checkpoint: it holds Python objects or code that loading with "
+                f"weights_only=True refuses to run ({str(exc).splitlines()[0]})")
+    return str(exc)
+
+
 def _load_file(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated download or a wrong file
+    except Exception as exc:  # a truncated download, a wrong file, or a pickle carrying code
         raise WeightsError(
-            f"could not read checkpoint '{path}': {exc}. Delete it and download it again."
+            f"could not read checkpoint '{path}': {_refused(exc)}. Delete it and download it again."
         ) from exc
 
 
@@ -81,7 +97,12 @@ def load_checkpoints(
             loaded.append(_load_file(ckpt.cache_path))
         elif allow_download:
             try:
-                loaded.append(torch.hub.load_state_dict_from_url(ckpt.url, map_location="cpu", progress=False))
+                loaded.append(torch.hub.load_state_dict_from_url(
+                    ckpt.url, map_location="cpu", progress=False, check_hash=True, weights_only=True))
+            except pickle.UnpicklingError as exc:
+                raise WeightsError(
+                    f"refusing the downloaded checkpoint '{ckpt.cache_path}' from {ckpt.url}: {_refused(exc)}. "
+                    "Delete it, and check where the download came from.") from exc
             except Exception as exc:
                 loaded.append(None)
                 missing.append((ckpt, f"download failed: {exc}"))

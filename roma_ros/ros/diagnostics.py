@@ -10,10 +10,11 @@ from std_msgs.msg import Header
 from roma_ros.ros.conversions import (
     FRAME_FAULTS,
 )
+from roma_ros.core.text import MESSAGE_LIMIT, printable
 from roma_ros.ros.health import Level
 
 LOG_THROTTLE_S = 10.0
-LOG_CAUSES = ("model", "keyframes", "processing", "camera_info", "keyframe_pose", "mapping",
+LOG_CAUSES = ("model", "keyframes", "processing", "camera_info", "keyframe_pose", "depth", "mapping",
               *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
 
 
@@ -66,8 +67,10 @@ class DiagnosticsMixin:
         return "query_intrinsics parameter" if self.values["query_intrinsics"] else "none"
 
     def _record_error(self, cause: str, message: str) -> None:
-        """Remember the full message for diagnostics; log it at most once per cause (one of
-        LOG_CAUSES) per 10 s, saying how many lines of that cause were held back."""
+        """Remember the message for diagnostics; log it at most once per cause (one of
+        LOG_CAUSES) per 10 s, saying how many lines of that cause were held back. It may carry
+        publisher-controlled text, so it is escaped and cut to MESSAGE_LIMIT (core/text.py)."""
+        message = printable(message, MESSAGE_LIMIT)
         self.last_error = message
         suppressed = self._throttle.allow(cause)
         if suppressed is not None:

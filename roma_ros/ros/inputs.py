@@ -13,6 +13,8 @@ from roma_ros.ros.conversions import (
     CameraInfoError, camera_info_to_camera, msg_to_pose,
 )
 from roma_ros.localize.pose import CameraModel
+from roma_ros.core.text import printable
+from roma_ros.mapping.sync import StampBuffer
 
 try:  # Iron and newer: a two-argument callback also gets the MessageInfo (Humble has none)
     from rclpy.subscription import MessageInfo  # noqa: F401
@@ -22,8 +24,16 @@ except ImportError:
 
 # Recent depth frames / keyframe poses kept for ~/add_keyframe: ~1 s of a 30 Hz depth camera
 # (18 MB of 640x480 16UC1, 37 MB of 32FC1), a few seconds of a SLAM pose stream.
+# Bounded by bytes too: a publisher choosing 4000x4000 32FC1 would otherwise add 1.9 GB.
+# A depth frame over max_image_pixels, or over the whole byte budget, is refused (cause "depth").
 DEPTH_BUFFER = 30
+DEPTH_BUFFER_BYTES = 64 * 2**20
 POSE_BUFFER = 200
+
+
+def depth_buffer() -> StampBuffer[Image]:
+    """The depth frames kept for ~/add_keyframe: at most DEPTH_BUFFER frames and DEPTH_BUFFER_BYTES."""
+    return StampBuffer(DEPTH_BUFFER, DEPTH_BUFFER_BYTES, lambda msg: len(msg.data))
 
 
 class InputsMixin:
@@ -70,12 +80,19 @@ class InputsMixin:
         self._camera_info = (msg, camera, error)
 
     def _on_depth(self, msg: Image) -> None:
-        self._depth_frames.add(msg.header.stamp, msg)
+        pixels, limit = int(msg.width) * int(msg.height), int(self.values["max_image_pixels"])
+        try:
+            if pixels > limit:
+                raise ValueError(f"{msg.width}x{msg.height} is more than max_image_pixels {limit}")
+            self._depth_frames.add(msg.header.stamp, msg)
+        except ValueError as exc:
+            self._record_error("depth", f"ignoring a depth frame: {exc}; publish depth registered to the "
+                                        "colour image, at its size")
 
     def _on_keyframe_pose(self, msg: PoseStamped | PoseWithCovarianceStamped) -> None:
         frame = msg.header.frame_id
         if frame and frame != self.values["frame_id"]:
-            self._record_error("keyframe_pose", f"ignoring keyframe_pose in frame '{frame}': keyframe poses "
+            self._record_error("keyframe_pose", f"ignoring keyframe_pose in frame '{printable(frame)}': keyframe poses "
                                f"must be in frame_id '{self.values['frame_id']}'")
             return
         try:
@@ -104,7 +121,7 @@ class InputsMixin:
             msg, camera, error = self._camera_info
             if error:
                 return None, error
-            if (msg.width, msg.height) != (rgb.shape[1], rgb.shape[0]) and msg.width and msg.height:
+            if (msg.width, msg.height) != (rgb.shape[1], rgb.shape[0]):  # 0x0 is refused on arrival
                 return None, (f"camera_info is {msg.width}x{msg.height} but the image is "
                               f"{rgb.shape[1]}x{rgb.shape[0]}")
             return camera, ""

@@ -30,12 +30,14 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from roma_ros.core.text import MESSAGE_LIMIT, printable
 from roma_ros.ros import params as P
 from roma_ros.ros.health import FrameAccounting, LogThrottle, SequenceGaps
 from roma_ros.matching.base import Matcher
@@ -44,10 +46,10 @@ from roma_ros.localize.pose import CameraModel
 from roma_ros.store import KeyframeStore
 from roma_ros.mapping.sync import StampBuffer
 from roma_ros.ros.diagnostics import LOG_CAUSES, LOG_THROTTLE_S, DiagnosticsMixin
-from roma_ros.ros.inputs import DEPTH_BUFFER, POSE_BUFFER, InputsMixin
+from roma_ros.ros.inputs import POSE_BUFFER, InputsMixin, depth_buffer
 from roma_ros.ros.mapping_mode import MappingModeMixin, keyframe_rule
 from roma_ros.ros.outputs import OutputsMixin
-from roma_ros.ros.services import ServicesMixin
+from roma_ros.ros.services import SERVICE_QOS, ServicesMixin
 from roma_ros.ros.worker import WorkerMixin
 
 EXIT_BAD_PARAMETER = 2  # a start-up parameter its rules do not allow: `ros2 launch` reports the exit
@@ -63,7 +65,8 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         try:
             self.values = self._declare_parameters()
         except P.ParameterError as exc:
-            self.get_logger().fatal(f"{exc}; the node stops: fix the parameter and start it again")
+            self.get_logger().fatal(f"{printable(exc, MESSAGE_LIMIT)}; the node stops: fix the parameter and "
+                                    "start it again")
             super().destroy_node()
             raise
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -85,7 +88,7 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         self._stop = threading.Event()
         self._latest_header: Header | None = None
         self._camera_info: tuple[CameraInfo, CameraModel | None, str] | None = None  # msg, camera, error
-        self._depth_frames: StampBuffer[Image] = StampBuffer(DEPTH_BUFFER)
+        self._depth_frames: StampBuffer[Image] = depth_buffer()
         self._keyframe_poses: StampBuffer[tuple] = StampBuffer(POSE_BUFFER)
         self.pose_status = {"pose_result": "", "pose_inliers": "", "reprojection_rmse_px": "",
                             "position_std_m": "", "poses_published": "0"}
@@ -106,8 +109,10 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         self._create_image_subscription()
         self._create_pose_input_subscriptions()
         services = MutuallyExclusiveCallbackGroup()
-        self.create_service(Trigger, "~/add_keyframe", self._on_add_keyframe, callback_group=services)
-        self.create_service(Trigger, "~/reload_keyframes", self._on_reload_keyframes, callback_group=services)
+        self.create_service(Trigger, "~/add_keyframe", self._on_add_keyframe, callback_group=services,
+                            qos_profile=SERVICE_QOS)
+        self.create_service(Trigger, "~/reload_keyframes", self._on_reload_keyframes, callback_group=services,
+                            qos_profile=SERVICE_QOS)
         # Wall-clock period (health reports go on while a simulation is paused); stamps use the
         # node clock, so they follow /clock under use_sim_time.
         self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics,
@@ -133,6 +138,9 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         values = dict(self.values)
         try:
             for change in changes:
+                if change.type_ == Parameter.Type.NOT_SET:  # rclpy would undeclare it for good
+                    raise ValueError(f"{change.name}: a parameter cannot be unset (PARAMETER_NOT_SET): set a "
+                                     "value instead (an empty list or string where the parameter allows one)")
                 if change.name not in P.SPECS:
                     continue
                 values[change.name] = P.check_value(change.name, change.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -12,7 +13,12 @@ from roma_ros.ros.conversions import (
     ImageConversionError, camera_info_intrinsics,
     depth_msg_to_array,
 )
+from roma_ros.core.text import MESSAGE_LIMIT, printable
 from roma_ros.store import INTRINSICS_KEYS, DepthFileError, check_registered, valid_fraction
+
+# Requests waiting while a service callback runs: rclpy's default keeps 10, so of 30 clients
+# calling ~/reload_keyframes at once 20 were never answered. 100 waiting requests cost nothing.
+SERVICE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class ServicesMixin:
@@ -29,7 +35,8 @@ class ServicesMixin:
             try:
                 keyframe = self.store.add(rgb, self.relocalizer.keyframes, **inputs)
             except (OSError, ValueError) as exc:
-                response.success, response.message = False, f"could not write to {self.store.directory}: {exc}"
+                response.success, response.message = False, printable(
+                    f"could not write to {self.store.directory}: {exc}", MESSAGE_LIMIT)
                 return response
             index = self.relocalizer.add_keyframe(keyframe)
             self.state = "ready"
@@ -90,7 +97,8 @@ class ServicesMixin:
         if count is None:
             response.success, response.message = False, self.last_error
             return response
-        warnings = f"; warnings: {' | '.join(self.store.warnings)}" if self.store.warnings else ""
+        warnings = (f"; warnings: {printable(' | '.join(self.store.warnings), MESSAGE_LIMIT)}"
+                    if self.store.warnings else "")
         response.success = True
         response.message = f"loaded {count} keyframes from {self.store.directory}{warnings}"
         return response

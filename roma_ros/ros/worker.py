@@ -11,6 +11,7 @@ from roma_ros.ros import params as P
 from roma_ros.ros.conversions import (
     MIN_IMAGE_SIDE, ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb,
 )
+from roma_ros.core.text import MESSAGE_LIMIT, printable
 from roma_ros.ros.health import Outcome
 from roma_ros.matching.registry import build_matcher
 from roma_ros.localize.pipeline import Relocalizer
@@ -68,13 +69,13 @@ class WorkerMixin:
         self.state = "loading keyframes"
         keyframes = self.store.load()
         for warning in self.store.warnings:
-            self.get_logger().warning(warning)
+            self.get_logger().warning(printable(warning, MESSAGE_LIMIT))
         assert self.relocalizer is not None
         cache = cache_for(self.relocalizer.matcher, self.store.directory)
         self.relocalizer.set_keyframes(keyframes, cache)
         if cache is not None:
             for warning in cache.stats.warnings:
-                self.get_logger().warning(warning)
+                self.get_logger().warning(printable(warning, MESSAGE_LIMIT))
             where = cache.folder or "nowhere (kept in memory only)"
             self.get_logger().info(f"keyframe features: {cache.stats.loaded} from {where}, "
                                    f"{cache.stats.computed} computed")

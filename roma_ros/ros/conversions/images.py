@@ -24,6 +24,7 @@ from roma_ros.core.imagemsg import (  # noqa: F401  (re-exported: the conversion
     _ENCODINGS, DEPTH_ENCODINGS, FRAME_FAULTS, MIN_IMAGE_SIDE, SUPPORTED_ENCODINGS, ImageConversionError,
     check_frame_size, compressed_msg_to_rgb, compressed_size, depth_msg_to_array, image_msg_to_rgb,
 )
+from roma_ros.core.text import printable
 from roma_ros.store import DepthFileError, to_metres
 
 
@@ -105,6 +106,6 @@ def rgb_to_compressed_msg(rgb: np.ndarray, header: Header | None = None, fmt: st
 def depth_msg_to_metres(msg: Image) -> np.ndarray:
     """A depth image as (H, W) float32 metres, NaN = unknown."""
     try:
-        return to_metres(depth_msg_to_array(msg), source=f"depth image ({msg.encoding})")
+        return to_metres(depth_msg_to_array(msg), source=f"depth image ({printable(msg.encoding)})")
     except DepthFileError as exc:
         raise ImageConversionError(str(exc)) from None

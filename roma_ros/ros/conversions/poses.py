@@ -12,6 +12,7 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from roma_ros.core.text import printable
 from roma_ros.ros.conversions.images import _header
 
 # A pose as used throughout roma_ros: ((x, y, z), (qx, qy, qz, qw)).
@@ -111,7 +112,7 @@ def camera_info_intrinsics(msg: CameraInfo) -> dict:
     intrinsics = {"fx": fx, "fy": fy, "cx": cx, "cy": cy}
     if any(v != 0.0 for v in d):
         if msg.distortion_model not in OPENCV_DISTORTION_MODELS:
-            raise CameraInfoError(f"camera_info distortion model '{msg.distortion_model}' is not supported: "
+            raise CameraInfoError(f"camera_info distortion model '{printable(msg.distortion_model)}' is not supported: "
                                   f"use {' or '.join(OPENCV_DISTORTION_MODELS)}, or rectified images")
         if not np.isfinite(d).all():
             raise CameraInfoError("camera_info distortion coefficients must be finite")
@@ -123,12 +124,19 @@ def camera_info_intrinsics(msg: CameraInfo) -> dict:
 
 
 def camera_info_to_camera(msg: CameraInfo):
-    """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame)."""
+    """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame).
+    Refused (CameraInfoError) without an image size, or with a model that fails the sanity
+    gate ``CameraModel.check_for_image`` for that size."""
     from roma_ros.localize.pose import CameraModel
 
+    width, height = int(msg.width), int(msg.height)
+    if width <= 0 or height <= 0:
+        raise CameraInfoError(f"camera_info is {width}x{height}: a calibrated camera_info carries the size of "
+                              "its images (width, height); fix the camera driver's calibration file")
     camera = CameraModel.from_intrinsics(camera_info_intrinsics(msg))
     try:
         camera.validate()
+        camera.check_for_image(width, height)
     except ValueError as exc:
         raise CameraInfoError(f"camera_info: {exc}") from None
     return camera
