@@ -92,3 +92,17 @@ def test_pose_gates_change_between_queries(scene, relocalizer):
     finally:
         relocalizer.set_pose_config(PoseConfig())
     assert relocalizer.process(query.rgb, query.camera).pose.ok
+
+
+def test_keyframe_camera_problem_names_a_keyframe_without_or_with_absurd_intrinsics():
+    """Extra accepted keyframes without intrinsics are skipped for multi-keyframe PnP, not a crash
+    of the frame (the demo's photo keyframes have none)."""
+    from roma_ros.localize.pipeline import keyframe_camera_problem
+    from roma_ros.store import Keyframe
+
+    image = np.zeros((240, 320, 3), np.uint8)
+    assert "no intrinsics" in keyframe_camera_problem(Keyframe("photo", "photo.png", image))
+    good = {"fx": 300.0, "fy": 300.0, "cx": 159.5, "cy": 119.5}
+    assert keyframe_camera_problem(Keyframe("ok", "ok.png", image, intrinsics=good)) == ""
+    absurd = dict(good, distortion=[1e6, 1e6, 0.0, 0.0, 1e6])
+    assert "bad intrinsics" in keyframe_camera_problem(Keyframe("bad", "bad.png", image, intrinsics=absurd))

@@ -256,6 +256,8 @@ def keyframe_camera_problem(keyframe: Keyframe) -> str:
     height, width = keyframe.image.shape[:2]
     try:
         camera = keyframe_camera(keyframe)
+        if camera is None:
+            return f"no intrinsics for keyframe '{keyframe.name}'"
         camera.validate()
         camera.check_for_image(width, height)
     except ValueError as exc:
