@@ -33,6 +33,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNodeMixin
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -144,7 +145,15 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
                 read_only=not spec.live, additional_constraints=spec.allowed(), dynamic_typing=True)
             default = spec.default_for(values.get("model", ""))
             values[spec.name] = self.declare_parameter(spec.name, default, descriptor).value
-        return P.check_startup(values)
+        checked = P.check_startup(values)
+        # An empty list reaches the node as "not set" (a params file's []) or as the string "null"
+        # (a `ros2 param dump` file); store it as an empty double array, so the next dump writes []
+        # and `ros2 param get` shows a list.
+        empty = [Parameter(spec.name, Parameter.Type.DOUBLE_ARRAY, []) for spec in P.PARAMS
+                 if spec.kind is list and spec.live and not isinstance(values[spec.name], (list, tuple))]
+        if empty:
+            self.set_parameters(empty)
+        return checked
 
     def _on_set_parameters(self, changes: list) -> SetParametersResult:
         values = dict(self.values)

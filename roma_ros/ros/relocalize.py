@@ -84,8 +84,10 @@ class RelocalizeMixin:
                 self._pending = None
                 self.frames.drop()
         response.success, response.message = waiting.answer
-        (self.get_logger().info if response.success else self.get_logger().warning)(
-            f"~/relocalize: {response.message}")
+        if response.success:  # one severity per call site (rclpy's rule)
+            self.get_logger().info(f"~/relocalize: {response.message}")
+        else:
+            self.get_logger().warning(f"~/relocalize: {response.message}")
         return response
 
     def _cancel_relocalize(self, why: str) -> None:
