@@ -12,8 +12,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "match.launch.py"
-ARGUMENTS = {"params_file", "image", "camera_info", "depth", "keyframe_pose", "namespace", "use_sim_time",
-             "log_level", "keyframes_dir", "model", "device"}
+ARGUMENTS = {"params_file", "image", "camera_info", "depth", "keyframe_pose", "initialpose", "namespace",
+             "use_sim_time", "log_level", "keyframes_dir", "model", "device"}
 
 
 def _launch_source_calls() -> list[ast.Call]:
@@ -49,7 +49,8 @@ def test_launch_file_starts_match_node():
     defaults = {c.args[0].value: _kwargs(c).get("default_value") for c in calls
                 if getattr(c.func, "id", "") == "DeclareLaunchArgument" and isinstance(c.args[0], ast.Constant)}
     # Relative, so that namespace:=robotN namespaces the camera input too.
-    assert not any(defaults[topic].startswith("/") for topic in ("image", "camera_info", "depth", "keyframe_pose"))
+    assert not any(defaults[topic].startswith("/") for topic in ("image", "camera_info", "depth", "keyframe_pose",
+                                                                 "initialpose"))
     assert defaults["use_sim_time"] == "false" and defaults["log_level"] == "info"
 
 

@@ -173,6 +173,10 @@ def test_lifecycle_transitions_through_the_lifecycle_services(ros, store, scene)
         assert probe.transition(Transition.TRANSITION_CLEANUP)
         assert probe.lifecycle()[1] == "unconfigured" and node.relocalizer is None  # the model is freed
         assert probe.count_publishers("/roma_matcher/pose") == 0
+        assert probe.transition(Transition.TRANSITION_CONFIGURE)  # loads again
+        assert probe.transition(Transition.TRANSITION_ACTIVATE)
+        assert probe.send(query.rgb).width >= 20
+        assert probe.transition(Transition.TRANSITION_DEACTIVATE) and probe.transition(Transition.TRANSITION_CLEANUP)
         assert probe.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
         assert probe.lifecycle()[1] == "finalized"
         assert not probe.transition(Transition.TRANSITION_CONFIGURE)  # finalized is final

@@ -168,20 +168,6 @@ def pose_with_covariance_msg(header: Header, pose: PoseTuple, covariance: np.nda
     return msg
 
 
-# RViz's "2D Pose Estimate" covariance: x, y 0.25 m^2 (0.5 m std), yaw 0.0685 rad^2 (15 deg std).
-INITIALPOSE_FLOOR = {0: 0.25, 7: 0.25, 35: 0.06853891945200942}
-
-
-def floor_initialpose_covariance(covariance: np.ndarray) -> np.ndarray:
-    """The covariance with the x, y and yaw variances raised to at least RViz's 2D Pose Estimate
-    values, so AMCL spreads its particles at least as much as after a click in RViz."""
-    cov = np.asarray(covariance, np.float64).reshape(6, 6).copy()
-    flat = cov.reshape(-1)
-    for index, floor in INITIALPOSE_FLOOR.items():
-        flat[index] = max(flat[index], floor) if np.isfinite(flat[index]) else floor
-    return cov
-
-
 # nav2's bounds on an initial pose's covariance (Lyrical rejects any element < 0 or > 1e9).
 COVARIANCE_MAX = 1e9
 
