@@ -131,13 +131,15 @@ def test_launch_description_with_every_argument(share_prefix):
     params_file = REPO / "config" / "match.yaml"
     context, node, cmd = _expand({"params_file": str(params_file), "image": "front/image_raw",
                                   "namespace": "robot1", "use_sim_time": "true", "log_level": "debug",
+                                  "initialpose": "amcl/initialpose",
                                   "keyframes_dir": "/data/kf", "model": "classical", "device": "cpu"})
     assert node.expanded_node_namespace == "/robot1"
     assert node.expanded_remapping_rules == [("image", "front/image_raw"),
                                              ("image/compressed", "front/image_raw/compressed"),
                                              ("camera_info", "camera/camera_info"),
                                              ("depth", "camera/depth_registered/image_raw"),
-                                             ("keyframe_pose", "keyframe_pose")]
+                                             ("keyframe_pose", "keyframe_pose"),
+                                             ("initialpose", "amcl/initialpose")]
     first, merged = _parameter_files(cmd)
     assert first == params_file
     assert merged == {"use_sim_time": True, "keyframes_dir": "/data/kf", "model": "classical", "device": "cpu"}

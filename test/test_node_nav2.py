@@ -234,10 +234,14 @@ def test_relocalize_on_demand_answers_with_a_pose_and_sends_one_initialpose(ros,
         assert node.frames.counts()["processed"] == processed and len(probe.initialposes) == 1
 
         # A place that is not in the map: no pose within the timeout, and why.
-        assert node.set_parameters([Parameter("relocalize_timeout", value=1.5)])[0].successful
+        assert node.set_parameters([Parameter("relocalize_timeout", value=2.0)])[0].successful
         probe.streaming = make_pair("grass", seed=5, size=(240, 320)).query
-        answer = probe.relocalize()
-        assert not answer.success and answer.message.startswith("no pose within 1.5 s")
+        future = probe.relocalize_client.call_async(Trigger.Request())
+        # The call waits without blocking the node: diagnostics go on and say so meanwhile.
+        wait_for(lambda: probe.latest_diagnostics().get("mode") == "on_demand (relocalizing)", 10,
+                 "diagnostics during the call")
+        answer = wait_for(lambda: future.result() if future.done() else None, 30, "the answer")
+        assert not answer.success and answer.message.startswith("no pose within 2 s")
         assert "last: no match" in answer.message and len(probe.initialposes) == 1
     finally:
         probe.streaming = None

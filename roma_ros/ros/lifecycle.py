@@ -92,12 +92,16 @@ class LifecycleMixin:
 
     def _autostart(self) -> None:
         """configure, then activate, from the worker thread (the executor may not spin yet)."""
-        if self.trigger_configure() != SUCCESS:
-            self.get_logger().error("autostart: configure failed; the node stays unconfigured "
-                                    "(see /diagnostics, fix it and configure again)")
-            return
-        if self.trigger_activate() != SUCCESS:
-            self.get_logger().error("autostart: activate failed")
+        try:  # Humble's rclpy raises where newer ones return ERROR (e.g. a manager got there first)
+            if self.trigger_configure() != SUCCESS:
+                self.get_logger().error("autostart: configure failed; the node stays unconfigured "
+                                        "(see /diagnostics, fix it and configure again)")
+                return
+            if self.trigger_activate() != SUCCESS:
+                self.get_logger().error("autostart: activate failed")
+        except Exception as exc:
+            self.get_logger().error(f"autostart: {type(exc).__name__}: {exc} (set autostart false when a "
+                                    "lifecycle manager drives the node)")
 
     def _create_publishers(self) -> None:
         if self._outputs:
