@@ -156,7 +156,9 @@ def test_lifecycle_transitions_through_the_lifecycle_services(ros, store, scene)
         assert probe.transition(Transition.TRANSITION_ACTIVATE)
         assert probe.lifecycle()[1] == "active" and node.state == "ready"
         assert probe.send(query.rgb).width >= 20  # active: frames are matched
+        wait_for(lambda: node.frames.counts()["in_flight"] == 0, 10, "the frame to be counted")
         processed = node.frames.counts()["processed"]
+        assert processed == 1
 
         assert probe.transition(Transition.TRANSITION_DEACTIVATE)
         assert probe.lifecycle()[1] == "inactive" and node.relocalizer is not None  # not unloaded
@@ -169,7 +171,11 @@ def test_lifecycle_transitions_through_the_lifecycle_services(ros, store, scene)
 
         assert probe.transition(Transition.TRANSITION_ACTIVATE)  # again, without reloading
         assert probe.send(query.rgb).width >= 20
-        assert probe.transition(Transition.TRANSITION_DEACTIVATE)
+        waiting = probe.relocalize_client.call_async(Trigger.Request())  # no frames come: it waits ...
+        wait_for(lambda: node._request is not None, 10, "the call at the node")
+        assert probe.transition(Transition.TRANSITION_DEACTIVATE)  # ... until deactivate answers it
+        answer = wait_for(lambda: waiting.result() if waiting.done() else None, 10, "the cancelled call")
+        assert not answer.success and answer.message == "cancelled: the node was deactivated"
         assert probe.transition(Transition.TRANSITION_CLEANUP)
         assert probe.lifecycle()[1] == "unconfigured" and node.relocalizer is None  # the model is freed
         assert probe.count_publishers("/roma_matcher/pose") == 0
@@ -277,7 +283,7 @@ def test_continuous_mode_sends_initialpose_once_after_n_disagreeing_frames(ros, 
             probe.pose_for(probe.send(query.rgb))
         assert not probe.initialposes  # agreeing frames: never an initialpose, although every frame is matched
 
-        (x, y, z), q = truth
+        (x, y, _), q = truth
         probe.publish_estimate(((x + 3.0, y - 2.0, 0.0), q))  # AMCL went wrong by 3.6 m
         wait_for(lambda: node._topic_estimate[0][0] == pytest.approx(x + 3.0), 10, "the wrong estimate")
         clouds = [probe.send(query.rgb) for _ in range(2)]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: i
 
 
 # A prior on the keyframes: a mask over them, or a function of the keyframe list giving one.
-Eligible = Union[Sequence[bool], np.ndarray, Callable[[list[Keyframe]], Sequence[bool]]]
+Eligible = Sequence[bool] | np.ndarray | Callable[[list[Keyframe]], Sequence[bool]]
 
 
 @dataclass

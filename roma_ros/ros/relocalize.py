@@ -27,7 +27,6 @@ from std_srvs.srv import Trigger
 from roma_ros.localize.pipeline import QueryResult
 from roma_ros.localize.pose import Pose
 from roma_ros.localize.prior import Disagreement, within_radius, yaw
-from roma_ros.ros import params as P
 from roma_ros.ros.conversions import initialpose_covariance, msg_to_pose, pose_with_covariance_msg
 
 NO_BASE = ("camera_to_base is empty, so the pose is the camera optical frame's (z forward): AMCL would "
@@ -65,9 +64,9 @@ class RelocalizeMixin:
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if not self._active or self.relocalizer is None:
             response.success = False
-            response.message = (f"not active (lifecycle state {self._lifecycle_label()}): activate the node "
-                                "first" if self.relocalizer is not None or not self.state.startswith("error")
-                                else self._not_ready())
+            not_active = f"not active (lifecycle state {self._lifecycle_label()}): activate the node first"
+            loading_failed = self.relocalizer is None and self.state.startswith("error")
+            response.message = self._not_ready() if loading_failed else not_active
             return response
         timeout = float(self.values["relocalize_timeout"])
         waiting = RelocalizeRequest(deadline=time.monotonic() + timeout)
@@ -78,8 +77,8 @@ class RelocalizeMixin:
             if self._request is waiting:
                 self._request = None
             if waiting.answer is None:
-                waiting.answer = (False, f"no pose within {timeout:g} s ({waiting.frames} frames matched); "
-                                         f"last: {waiting.last_reason}")
+                waiting.answer = (False, (f"no pose within {timeout:g} s ({waiting.frames} frames matched); "
+                                          f"last: {waiting.last_reason}"))
             if self._pending is not None and not self._wants_frames():
                 self._pending = None
                 self.frames.drop()
@@ -93,14 +92,15 @@ class RelocalizeMixin:
     def _cancel_relocalize(self, why: str) -> None:
         with self._wake:
             waiting, self._request = self._request, None
-        if waiting is not None and waiting.answer is None:
-            waiting.answer = (False, f"cancelled: {why}")
+            if waiting is not None and waiting.answer is None:
+                waiting.answer = (False, f"cancelled: {why}")
+        if waiting is not None:
             waiting.done.set()
 
     def _relocalize_frame_done(self, result: QueryResult, published: Pose | None, sent: str) -> None:
         """After each matched frame: answer a waiting ~/relocalize when the frame gave a pose."""
         waiting = self._request
-        if waiting is None:
+        if waiting is None or waiting.answer is not None:
             return
         waiting.frames += 1
         if published is None:
@@ -118,10 +118,11 @@ class RelocalizeMixin:
                    f"{frame} in {self.values['frame_id']}: x={x:.3f} y={y:.3f} z={z:.3f} "
                    f"yaw={math.degrees(yaw(q)):.1f} deg, position std {self.pose_status['position_std_m']} m; "
                    f"initialpose {sent}")
-        with self._wake:
+        with self._wake:  # the call may have timed out meanwhile: its answer stands
             if self._request is waiting:
                 self._request = None
-        waiting.answer = (True, message)
+            if waiting.answer is None:
+                waiting.answer = (True, message)
         waiting.done.set()
 
     # ----- the robot's estimate ----------------------------------------------------------------
