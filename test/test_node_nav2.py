@@ -249,6 +249,14 @@ def test_relocalize_on_demand_answers_with_a_pose_and_sends_one_initialpose(ros,
         answer = wait_for(lambda: future.result() if future.done() else None, 30, "the answer")
         assert not answer.success and answer.message.startswith("no pose within 2 s")
         assert "last: no match" in answer.message and len(probe.initialposes) == 1
+
+        # ~/add_keyframe stores the newest frame although on_demand mode matched none of them.
+        wait_for(lambda: node.frames.counts()["in_flight"] == 0, 10, "the last matched frame to be counted")
+        processed = node.frames.counts()["processed"]
+        response = probe.call(probe.add_client)
+        assert response.success and "stored: intrinsics (camera_info)" in response.message, response.message
+        stored = KeyframeStore(store).load()[-1]
+        assert stored.image.shape == probe.streaming.shape and node.frames.counts()["processed"] == processed
     finally:
         probe.streaming = None
         spinner.shut_down()
