@@ -2,11 +2,14 @@
 
     ros2 launch roma_ros match.launch.py image:=camera/image_raw keyframes_dir:=~/keyframes
     ros2 launch roma_ros match.launch.py namespace:=robot1 model:=classical use_sim_time:=true
+    ros2 service call /roma_matcher/relocalize std_srvs/srv/Trigger   # where am I? (on_demand mode)
 
 Topics are relative, so `namespace` puts the node and its input under it (robot1/camera/image_raw).
 Arguments left empty (keyframes_dir, model, device) keep the params file's value; only non-empty
 ones are passed on as overrides. The node is a plain action, so `ros2 launch --print` shows it.
-Works on Humble, Jazzy and Kilted.
+Works on Humble, Jazzy and Kilted. match_node is a lifecycle node; with autostart (the default)
+it configures and activates itself; under nav2's lifecycle_manager set autostart: false
+(docs/nav2.md).
 """
 import os
 import tempfile
@@ -57,7 +60,9 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="camera/image_raw",
                               description="camera image topic, relative to the namespace unless it "
                                           "starts with '/' (with image_transport:=compressed, "
-                                          "<image>/compressed is used)"),
+                                          "<image>/compressed is used); for a rectified image "
+                                          "(camera/image_rect) set camera_info_rectified: true in the "
+                                          "params file, so the pose uses camera_info P and no distortion"),
         DeclareLaunchArgument("camera_info", default_value="camera/camera_info",
                               description="the camera's CameraInfo topic (query intrinsics for the pose)"),
         DeclareLaunchArgument("depth", default_value="camera/depth_registered/image_raw",
@@ -66,6 +71,10 @@ def generate_launch_description():
         DeclareLaunchArgument("keyframe_pose", default_value="keyframe_pose",
                               description="camera optical frame pose in frame_id (e.g. from SLAM), "
                                           "stored by ~/add_keyframe"),
+        DeclareLaunchArgument("initialpose", default_value="initialpose",
+                              description="where the base pose for AMCL goes (after ~/relocalize, or on "
+                                          "sustained disagreement with amcl_pose); relative, so a "
+                                          "namespaced AMCL hears it"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of the node and of its relative topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
@@ -90,7 +99,8 @@ def generate_launch_description():
         ],
         remappings=[("image", image), ("image/compressed", [image, "/compressed"]),
                     ("camera_info", LaunchConfiguration("camera_info")), ("depth", LaunchConfiguration("depth")),
-                    ("keyframe_pose", LaunchConfiguration("keyframe_pose"))],
+                    ("keyframe_pose", LaunchConfiguration("keyframe_pose")),
+                    ("initialpose", LaunchConfiguration("initialpose"))],
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         output="screen",
     )

@@ -465,11 +465,11 @@ def test_bad_depth_images_are_conversion_errors():
             depth_msg_to_array(msg)
 
 
-def test_pose_messages_and_initialpose_floor():
+def test_pose_messages_and_covariance_floors():
     from geometry_msgs.msg import Pose, PoseWithCovarianceStamped, Quaternion
 
     from roma_ros.ros.conversions import (
-        INITIALPOSE_FLOOR, floor_initialpose_covariance, msg_to_pose, pose_with_covariance_msg,
+        COVARIANCE_MAX, floor_covariance, initialpose_covariance, msg_to_pose, pose_with_covariance_msg,
     )
 
     pose = Pose()
@@ -484,10 +484,22 @@ def test_pose_messages_and_initialpose_floor():
     assert deserialize_message(serialize_message(msg), PoseWithCovarianceStamped) == msg
     unknown = pose_with_covariance_msg(Header(), ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)), np.full((6, 6), np.nan))
     assert np.asarray(unknown.pose.covariance)[0] == 1e6
-    floored = floor_initialpose_covariance(cov)
-    assert floored[0, 0] == 0.25 and floored[1, 1] == 0.25 and floored[5, 5] == cov[5, 5]  # yaw already larger
-    assert floored[2, 2] == cov[2, 2] and floored[0, 1] == cov[0, 1]
-    assert floor_initialpose_covariance(np.zeros((6, 6)))[5, 5] == INITIALPOSE_FLOOR[35] == pytest.approx(0.0685, abs=1e-4)
+    # ~/pose: diagonal raised to the floors, off-diagonal kept, still symmetric positive definite.
+    floored = floor_covariance(cov, 0.2, np.radians(10.0))
+    assert floored[0, 0] == pytest.approx(0.04) and floored[3, 3] == pytest.approx(np.radians(10.0) ** 2)
+    assert floored[5, 5] == cov[5, 5] and floored[0, 1] == cov[0, 1]  # yaw already larger
+    assert np.all(np.linalg.eigvalsh(floored) > 0)
+    tiny = floor_covariance(np.full((6, 6), 3e-34), 0.003, np.radians(0.1))
+    assert tiny[0, 0] == pytest.approx(0.003 ** 2) and tiny[5, 5] == pytest.approx(np.radians(0.1) ** 2)
+    assert np.isnan(floor_covariance(np.full((6, 6), np.nan), 0.1, 0.1)).all()  # unknown stays unknown
+    # initialpose: diagonal only (nav2 rejects negative elements), floored, within [0, 1e9].
+    negative = cov.copy()
+    negative[0, 1] = negative[1, 0] = -0.005
+    sent = initialpose_covariance(negative, 0.15, np.radians(3.0))
+    assert np.count_nonzero(sent - np.diag(np.diag(sent))) == 0 and sent.min() >= 0.0
+    assert sent[0, 0] == sent[1, 1] == pytest.approx(0.0225) and sent[2, 2] == cov[2, 2] and sent[5, 5] == cov[5, 5]
+    unknown = initialpose_covariance(np.full((6, 6), np.inf), 0.1, 0.1)
+    assert np.diag(unknown).tolist() == [COVARIANCE_MAX] * 6 and unknown.max() <= 1e9
 
 
 def added_arrows(markers: list) -> list:
@@ -514,3 +526,19 @@ def test_markers_arrow_points_where_the_camera_looks():
                                    optical=False).markers)[0].pose.orientation
     np.testing.assert_allclose(matrix_from_quaternion([o.x, o.y, o.z, o.w]) @ [1, 0, 0], [0, 1, 0], atol=1e-9)
     assert not added_arrows(match_markers("map", Time(), "kf", None, False, "x").markers)
+
+
+def test_rectified_camera_info_uses_p_and_no_distortion():
+    from sensor_msgs.msg import CameraInfo
+
+    from roma_ros.ros.conversions import CameraInfoError, camera_info_intrinsics, camera_info_to_camera
+
+    info = CameraInfo(width=640, height=480, distortion_model="plumb_bob", d=[-0.3, 0.1, 0.001, 0.0, 0.0],
+                      k=[500.0, 0.0, 321.0, 0.0, 502.0, 238.0, 0.0, 0.0, 1.0],
+                      p=[480.0, 0.0, 318.5, 0.0, 0.0, 481.0, 241.5, 0.0, 0.0, 0.0, 1.0, 0.0])
+    assert camera_info_intrinsics(info)["distortion"] == [-0.3, 0.1, 0.001, 0.0, 0.0]  # raw: K and D
+    assert camera_info_intrinsics(info, rectified=True) == {"fx": 480.0, "fy": 481.0, "cx": 318.5, "cy": 241.5}
+    camera = camera_info_to_camera(info, rectified=True)
+    assert not camera.distorted and camera.to_ros() == (480.0, 481.0, 318.5, 241.5)
+    with pytest.raises(CameraInfoError, match="camera_info P has fx=0.0"):
+        camera_info_intrinsics(CameraInfo(width=640, height=480, k=info.k), rectified=True)

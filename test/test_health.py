@@ -12,16 +12,29 @@ def test_every_frame_ends_in_one_counter():
     frames = FrameAccounting()
     frames.receive(replacing=False)  # waits in the slot
     frames.receive(replacing=True)  # overwrites it
-    assert frames.counts() == {"received": 2, "processed": 0, "replaced": 1, "bad_frames": 0, "failed": 0,
-                               "in_flight": 1}
+    assert frames.counts() == {"received": 2, "processed": 0, "skipped": 0, "replaced": 1, "bad_frames": 0,
+                               "failed": 0, "in_flight": 1}
     frames.finish(Outcome.PROCESSED)
     for outcome in (Outcome.BAD, Outcome.FAILED):
         frames.receive(replacing=False)
         frames.finish(outcome)
+    frames.receive(replacing=False, wanted=False)  # no work asked for: only counted
     counts = frames.counts()
-    assert counts == {"received": 4, "processed": 1, "replaced": 1, "bad_frames": 1, "failed": 1, "in_flight": 0}
+    assert counts == {"received": 5, "processed": 1, "skipped": 1, "replaced": 1, "bad_frames": 1, "failed": 1,
+                      "in_flight": 0}
     assert adds_up(counts)
-    assert not adds_up(counts | {"processed": 2})
+    assert not adds_up(counts | {"processed": 2}) and not adds_up(counts | {"skipped": 0})
+
+
+def test_input_rate_and_time_since_the_last_frame():
+    frames = FrameAccounting()
+    assert frames.since_last_frame() is None and frames.input_rate() == 0.0
+    for _ in range(5):
+        frames.receive(replacing=False, wanted=False)
+    now = frames._arrivals[-1]
+    assert frames.input_rate(window=10.0, now=now) == 0.5
+    assert frames.input_rate(window=10.0, now=now + 11.0) == 0.0
+    assert frames.since_last_frame(now=now + 3.0) == pytest.approx(3.0)
 
 
 def test_counts_add_up_under_concurrent_callbacks():

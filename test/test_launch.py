@@ -12,8 +12,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "match.launch.py"
-ARGUMENTS = {"params_file", "image", "camera_info", "depth", "keyframe_pose", "namespace", "use_sim_time",
-             "log_level", "keyframes_dir", "model", "device"}
+ARGUMENTS = {"params_file", "image", "camera_info", "depth", "keyframe_pose", "initialpose", "namespace",
+             "use_sim_time", "log_level", "keyframes_dir", "model", "device"}
 
 
 def _launch_source_calls() -> list[ast.Call]:
@@ -49,7 +49,8 @@ def test_launch_file_starts_match_node():
     defaults = {c.args[0].value: _kwargs(c).get("default_value") for c in calls
                 if getattr(c.func, "id", "") == "DeclareLaunchArgument" and isinstance(c.args[0], ast.Constant)}
     # Relative, so that namespace:=robotN namespaces the camera input too.
-    assert not any(defaults[topic].startswith("/") for topic in ("image", "camera_info", "depth", "keyframe_pose"))
+    assert not any(defaults[topic].startswith("/") for topic in ("image", "camera_info", "depth", "keyframe_pose",
+                                                                 "initialpose"))
     assert defaults["use_sim_time"] == "false" and defaults["log_level"] == "info"
 
 
@@ -130,13 +131,15 @@ def test_launch_description_with_every_argument(share_prefix):
     params_file = REPO / "config" / "match.yaml"
     context, node, cmd = _expand({"params_file": str(params_file), "image": "front/image_raw",
                                   "namespace": "robot1", "use_sim_time": "true", "log_level": "debug",
+                                  "initialpose": "amcl/initialpose",
                                   "keyframes_dir": "/data/kf", "model": "classical", "device": "cpu"})
     assert node.expanded_node_namespace == "/robot1"
     assert node.expanded_remapping_rules == [("image", "front/image_raw"),
                                              ("image/compressed", "front/image_raw/compressed"),
                                              ("camera_info", "camera/camera_info"),
                                              ("depth", "camera/depth_registered/image_raw"),
-                                             ("keyframe_pose", "keyframe_pose")]
+                                             ("keyframe_pose", "keyframe_pose"),
+                                             ("initialpose", "amcl/initialpose")]
     first, merged = _parameter_files(cmd)
     assert first == params_file
     assert merged == {"use_sim_time": True, "keyframes_dir": "/data/kf", "model": "classical", "device": "cpu"}

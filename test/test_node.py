@@ -35,7 +35,8 @@ def write_keyframes(folder, pairs) -> None:
 
 def start(ros, folder, matcher=None, **overrides):
     values = {"model": "classical", "keyframes_dir": str(folder), "image_qos": "reliable",
-              "min_inliers": 30, "ransac.threshold": 1.0, "diagnostics_period": 0.2}
+              "min_inliers": 30, "ransac.threshold": 1.0, "diagnostics_period": 0.2,
+              "mode": "continuous", "max_rate_hz": 0.0}  # every frame sent is matched
     values.update(overrides)
     from roma_ros.ros.node import MatchNode
 

@@ -96,7 +96,8 @@ def start_node(folder, **overrides):
 
     node = MatchNode(parameter_overrides=[Parameter(k, value=v) for k, v in {
         "model": "classical", "keyframes_dir": str(folder), "image_qos": "reliable",
-        "diagnostics_period": 0.2, **SETTINGS, **overrides}.items()])
+        "diagnostics_period": 0.2, "mode": "continuous", "max_rate_hz": 0.0,
+        "disagree.frames": 1, **SETTINGS, **overrides}.items()])
     with_covariance = overrides.get("keyframe_pose_type") == "pose_with_covariance_stamped"
     probe = PoseProbe(PoseWithCovarianceStamped if with_covariance else PoseStamped)
     spinner = Spinner(node, probe)
@@ -150,24 +151,25 @@ def test_pose_near_ground_truth_only_with_intrinsics_and_a_match(posed, scene):
     cloud = probe.send(make_pair("grass", seed=5, size=(240, 320)).query)
     assert cloud.width == 0 and probe.no_pose_for(cloud) and len(probe.poses) == count
     assert node.pose_status["pose_result"] == "no match"
-    assert not probe.initialposes and probe.count_publishers("/initialpose") == 0  # off by default
+    # Continuous mode without an estimate (no amcl_pose) and no ~/relocalize: never an initialpose.
+    assert not probe.initialposes
 
 
-def test_initialpose_camera_to_base_and_live_gates(posed, scene):
+def test_camera_to_base_covariance_floor_and_live_gates(posed, scene):
     node, probe = posed
     keyframes, queries = scene
     query = queries[2]
     assert node.set_parameters([Parameter("query_intrinsics", value=list(query.camera.to_ros()))])[0].successful
-    assert node.set_parameters([Parameter("publish_initialpose", value=True)])[0].successful
     cloud = probe.send(query.rgb)
     camera_pose = probe.pose_for(cloud)
     assert errors(camera_pose, query.pose)[0] < MAX_POSITION_ERROR_M  # the query_intrinsics fallback works
-    initial = wait_for(lambda: next((p for p in probe.initialposes if p.header.stamp == cloud.header.stamp), None),
-                       10, "/initialpose")
-    assert initial.pose.pose == camera_pose.pose.pose and initial.header.frame_id == "map"
-    floored = np.asarray(initial.pose.covariance).reshape(6, 6)
-    assert floored[0, 0] >= 0.25 and floored[1, 1] >= 0.25 and floored[5, 5] >= 0.0685
-    assert np.asarray(camera_pose.pose.covariance)[0] < 0.25  # only /initialpose is floored
+    # The covariance floor is live: x, y, z at least min_position_std^2, angles min_angle_std^2.
+    assert node.set_parameters([Parameter("pose.min_position_std", value=0.05),
+                                Parameter("pose.min_angle_std", value=2.0)])[0].successful
+    floored = np.asarray(probe.pose_for(probe.send(query.rgb)).pose.covariance).reshape(6, 6)
+    assert np.all(np.diag(floored)[:3] >= 0.05 ** 2 - 1e-12) and np.all(np.diag(floored)[3:] >= np.radians(2.0) ** 2 - 1e-12)
+    assert np.all(np.linalg.eigvalsh(floored) > 0) and np.allclose(floored, floored.T)
+    assert np.asarray(camera_pose.pose.covariance)[0] < 0.05 ** 2  # the default floor is a few mm
 
     # camera_to_base: the base frame's pose, T_map_base = T_map_cam inv(T_base_cam).
     base_to_camera = ((0.2, 0.0, 0.5), (-0.5, 0.5, -0.5, 0.5))  # optical frame of a forward camera

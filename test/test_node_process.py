@@ -68,7 +68,8 @@ def node_process(ros, tmp_path_factory):
     proc = subprocess.Popen(
         [str(script), "--ros-args", "--params-file", str(PARAMS_FILE), "-p", "model:=classical",
          "-p", f"keyframes_dir:={folder}", "-p", "image_qos:=reliable", "-p", "ransac.threshold:=1.0",
-         "-p", "min_inliers:=30", "-r", "image:=/camera/image_raw"],
+         "-p", "min_inliers:=30", "-p", "mode:=continuous", "-p", "max_rate_hz:=0.0",
+         "-r", "image:=/camera/image_raw"],
         env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     probe = Probe(image_topic="/camera/image_raw")

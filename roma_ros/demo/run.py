@@ -300,7 +300,11 @@ def node_command(params_file: Path, keyframes_dir: Path, model: str, device: str
                  extra: dict[str, object]) -> list[str]:
     params: dict[str, object] = {"keyframes_dir": str(keyframes_dir), "model": model,
                                  "image_qos": "reliable", "image_transport": "raw",
-                                 "debug.publish_image": True}
+                                 "debug.publish_image": True,
+                                 # The demo answers every query it publishes (a robot would rather
+                                 # call ~/relocalize in the default on_demand mode), and its queries
+                                 # jump between places, which a robot's frames never do: no jump guard.
+                                 "mode": "continuous", "max_rate_hz": 0.0, "disagree.frames": 1}
     if device:
         params["device"] = device
     params.update(extra)

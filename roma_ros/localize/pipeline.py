@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,16 +71,22 @@ class CandidateResult:
 
 
 def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: int,
-              count: int) -> tuple[list[int], list[float | None]]:
+              count: int, allowed: np.ndarray | None = None) -> tuple[list[int], list[float | None]]:
     """Indices of the top_k of ``count`` keyframes by cosine similarity of unit descriptors;
-    all of them, in store order, when there are no descriptors."""
+    all of them, in store order, when there are no descriptors. ``allowed`` (a mask) removes
+    keyframes before ranking, so a prior never costs a shortlist place."""
+    candidates = np.arange(count) if allowed is None else np.flatnonzero(allowed)
     if descriptors is None or query is None:
-        return list(range(count)), [None] * count
+        return candidates.tolist(), [None] * len(candidates)
     similarity = descriptors @ query
-    order = np.argsort(-similarity, kind="stable")
+    order = candidates[np.argsort(-similarity[candidates], kind="stable")]
     if top_k:
         order = order[:top_k]
     return order.tolist(), similarity[order].tolist()
+
+
+# A prior on the keyframes: a mask over them, or a function of the keyframe list giving one.
+Eligible = Sequence[bool] | np.ndarray | Callable[[list[Keyframe]], Sequence[bool]]
 
 
 @dataclass
@@ -165,22 +172,33 @@ class Relocalizer:
         config.validate()
         self.pose_config = config
 
-    def process(self, query: np.ndarray, query_camera: CameraModel | None = None) -> QueryResult:
+    def process(self, query: np.ndarray, query_camera: CameraModel | None = None,
+                eligible: Eligible | None = None) -> QueryResult:
         """Match ``query`` (RGB) against the keyframes; ``query_camera`` (its intrinsics) enables
-        the metric pose against an accepted keyframe with depth and intrinsics."""
+        the metric pose against an accepted keyframe with depth and intrinsics. ``eligible`` (a
+        prior, e.g. "near the robot's estimate"): a boolean mask over the keyframes, or a callable
+        that makes one from the keyframe list; only those keyframes are shortlisted and verified."""
         with self._lock:
             keyframes, prepared, decision = list(self.keyframes), list(self._prepared), self.decision
             descriptors, pose_config = self._descriptors_matrix, self.pose_config
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
+        allowed = None
+        if eligible is not None:
+            allowed = np.asarray(eligible(keyframes) if callable(eligible) else eligible, bool)
+            if allowed.shape != (len(keyframes),):
+                raise ValueError(f"eligible mask has shape {allowed.shape}, expected ({len(keyframes)},)")
+            if not allowed.any():
+                return QueryResult([], None, False, f"no keyframe eligible under the prior (of {len(keyframes)})",
+                                   timings, keyframes)
         with self._compute:  # timings start inside: waiting for a keyframe addition is not encoding
             start = time.perf_counter()
             query_prepared = self.matcher.prepare(query)
             timings["encode"] = time.perf_counter() - start
             start = time.perf_counter()
             query_descriptor = None if descriptors is None else self.matcher.describe(query_prepared)
-            indices, similarities = shortlist(descriptors, query_descriptor, decision.top_k, len(keyframes))
+            indices, similarities = shortlist(descriptors, query_descriptor, decision.top_k, len(keyframes), allowed)
             timings["shortlist"] = time.perf_counter() - start
             start = time.perf_counter()
             all_matches = self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices])

@@ -14,7 +14,8 @@ from roma_ros.core.text import MESSAGE_LIMIT, printable
 from roma_ros.ros.health import Level
 
 LOG_THROTTLE_S = 10.0
-LOG_CAUSES = ("model", "keyframes", "processing", "camera_info", "keyframe_pose", "depth", "mapping",
+LOG_CAUSES = ("model", "keyframes", "processing", "camera_info", "keyframe_pose", "depth", "mapping", "estimate",
+              "initialpose",
               *(f"bad_frame:{kind}" for kind in FRAME_FAULTS))
 
 
@@ -33,9 +34,20 @@ class DiagnosticsMixin:
             level = Level.WARN
         health, health_text = self.frames.level()
         level = max(level, health)  # DiagnosticStatus's numbers
+        input_rate = self.frames.input_rate()
+        stale = self._stale_seconds(now)
+        if stale is not None:
+            level = max(level, Level.WARN)
+            stale_text = f"no image for {stale:.1f} s (input {input_rate:.2f} Hz)"
+            health_text = f"{stale_text}; {health_text}" if health_text else stale_text
+        if self.initialpose_status.startswith("refused"):
+            level = max(level, Level.WARN)
+            health_text = "initialpose refused: no camera_to_base" + (f"; {health_text}" if health_text else "")
         counts = self.frames.counts()
         values = {
             "state": self.state,
+            "lifecycle": self._lifecycle_label(),
+            "mode": self.values["mode"] + (" (relocalizing)" if self._request is not None else ""),
             "model": self.values["model"],
             "device": getattr(self.relocalizer.matcher, "device", "") if self.relocalizer else self.values["device"],
             "keyframes": str(len(self.relocalizer.keyframes) if self.relocalizer else 0),
@@ -45,6 +57,8 @@ class DiagnosticsMixin:
             "unknown: no publication sequence numbers (ROS 2 Humble, or an RMW without them)",
             "accepted": str(self.accepted),
             "rate_hz": f"{rate:.2f}",
+            "input_rate_hz": f"{input_rate:.2f}",
+            "seconds_since_image": f"{since:.1f}" if (since := self.frames.since_last_frame(now)) is not None else "",
             "latency_mean_ms": f"{1000 * float(np.mean(lat)):.1f}" if lat else "",
             "latency_max_ms": f"{1000 * max(lat):.1f}" if lat else "",
             "dropped_frames": str(counts["replaced"]),  # deprecated alias of replaced
@@ -54,12 +68,25 @@ class DiagnosticsMixin:
             "pose_frame": self.values["base_frame"] if self.values["camera_to_base"] else "camera optical frame",
             "query_intrinsics": self._intrinsics_source(),
             **self.mapping_status(),
+            "estimate": self._estimate()[1] if self._estimate() is not None else "none",
+            "prior": self.prior_status,
+            "initialpose": self.initialpose_status,
+            "initialpose_topic": self._initialpose_topic(),
         }
         message = f"{self.state}; {health_text}" if health_text else self.state
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: relocalization",
                                   message=message, hardware_id=values["device"],
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+
+    def _stale_seconds(self, now: float) -> float | None:
+        """Seconds without an image while active, when over stale_timeout; else None."""
+        timeout = float(self.values["stale_timeout"])
+        if not self._active or timeout <= 0:
+            return None
+        since = self.frames.since_last_frame(now)
+        quiet = min(since, now - self._activated_at) if since is not None else now - self._activated_at
+        return quiet if quiet > timeout else None
 
     def _intrinsics_source(self) -> str:
         if self._camera_info is not None:

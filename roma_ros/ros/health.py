@@ -1,10 +1,11 @@
 """Frame accounting, cause-keyed log throttling and the node's health level (no ROS here).
 
-Every frame that reaches the image callback ends in exactly one counter: ``replaced``
-(overwritten in the one-frame slot while the worker was busy), ``processed``, ``bad_frames``
-(the conversion rejected it) or ``failed`` (an exception while matching), or it is still
-``in_flight`` (waiting in the slot or being matched). So at any moment
-``received == processed + replaced + bad_frames + failed + in_flight``.
+Every frame that reaches the image callback ends in exactly one counter: ``skipped`` (no work
+was wanted: on_demand mode with no ~/relocalize waiting, or continuous mode with nobody
+subscribed), ``replaced`` (overwritten in the one-frame slot while the worker was busy or the
+rate limit held it), ``processed``, ``bad_frames`` (the conversion rejected it) or ``failed`` (an
+exception while matching), or it is still ``in_flight`` (waiting in the slot or being matched).
+So at any moment ``received == processed + skipped + replaced + bad_frames + failed + in_flight``.
 
 Frames lost inside DDS never reach the callback; where the middleware hands out publication
 sequence numbers (rclpy on Iron and newer with Fast DDS) their gaps are ``lost_in_transport``.
@@ -39,15 +40,20 @@ class FrameAccounting:
 
     def __init__(self, window: int = HEALTH_WINDOW) -> None:
         self._lock = threading.Lock()
-        self.received = self.replaced = self.in_flight = 0
+        self.received = self.replaced = self.in_flight = self.skipped = 0
         self._done = {outcome: 0 for outcome in Outcome}
         self._recent: collections.deque[Outcome] = collections.deque(maxlen=window)
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=1000)  # monotonic times
 
-    def receive(self, replacing: bool) -> None:
-        """A frame reached the callback; ``replacing``: it overwrote one still waiting."""
+    def receive(self, replacing: bool, wanted: bool = True) -> None:
+        """A frame reached the callback; ``replacing``: it overwrote one still waiting;
+        not ``wanted``: no work was asked for, it is only counted."""
         with self._lock:
             self.received += 1
-            if replacing:
+            self._arrivals.append(time.monotonic())
+            if not wanted:
+                self.skipped += 1
+            elif replacing:
                 self.replaced += 1
             else:
                 self.in_flight += 1
@@ -59,12 +65,31 @@ class FrameAccounting:
             self._done[outcome] += 1
             self._recent.append(outcome)
 
+    def drop(self) -> None:
+        """A frame waiting in the slot is thrown away because work stopped (deactivated, or the
+        ~/relocalize it waited for ended): it counts as skipped."""
+        with self._lock:
+            self.in_flight -= 1
+            self.skipped += 1
+
     def counts(self) -> dict[str, int]:
         """A consistent snapshot: received, processed, replaced, bad_frames, failed, in_flight."""
         with self._lock:
             return {"received": self.received, "processed": self._done[Outcome.PROCESSED],
-                    "replaced": self.replaced, "bad_frames": self._done[Outcome.BAD],
+                    "skipped": self.skipped, "replaced": self.replaced, "bad_frames": self._done[Outcome.BAD],
                     "failed": self._done[Outcome.FAILED], "in_flight": self.in_flight}
+
+    def input_rate(self, window: float = 10.0, now: float | None = None) -> float:
+        """Frames that reached the callback per second over the last ``window`` seconds."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return sum(now - t < window for t in self._arrivals) / window
+
+    def since_last_frame(self, now: float | None = None) -> float | None:
+        """Seconds since the last frame reached the callback; None before the first."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return now - self._arrivals[-1] if self._arrivals else None
 
     def level(self) -> tuple[Level, str]:
         """WARN while any of the last frames was bad or failed; ERROR when all of the last
@@ -82,8 +107,8 @@ class FrameAccounting:
 
 def adds_up(counts: dict[str, int]) -> bool:
     """True when every received frame is in exactly one counter."""
-    return counts["received"] == sum(counts[k] for k in ("processed", "replaced", "bad_frames", "failed",
-                                                         "in_flight"))
+    return counts["received"] == sum(counts.get(k, 0) for k in ("processed", "skipped", "replaced", "bad_frames",
+                                                                "failed", "in_flight"))
 
 
 class SequenceGaps:

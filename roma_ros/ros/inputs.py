@@ -73,7 +73,7 @@ class InputsMixin:
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            camera, error = camera_info_to_camera(msg), ""
+            camera, error = camera_info_to_camera(msg, self.values["camera_info_rectified"]), ""
         except CameraInfoError as exc:
             camera, error = None, str(exc)
             self._record_error("camera_info", f"ignoring camera_info: {exc}")
@@ -103,17 +103,15 @@ class InputsMixin:
         self._keyframe_poses.add(msg.header.stamp, pose)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Keep the newest frame for the worker when work is wanted (relocalize.py), else only count it."""
+        self._last_image = msg  # for ~/add_keyframe in any mode
         with self._wake:
+            if not self._wants_frames():
+                self.frames.receive(replacing=False, wanted=False)
+                return
             self.frames.receive(replacing=self._pending is not None)
             self._pending = msg
             self._wake.notify()
-
-    def _next_frame(self) -> Image | CompressedImage | None:
-        with self._wake:
-            while self._pending is None and not self._stop.is_set():
-                self._wake.wait(timeout=0.5)
-            msg, self._pending = self._pending, None
-            return msg
 
     def _query_camera(self, rgb: np.ndarray) -> tuple[CameraModel | None, str]:
         """The latest camera_info (its size must be the image's), else query_intrinsics; or why none."""

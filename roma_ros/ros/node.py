@@ -1,77 +1,83 @@
-"""`match_node`: the ROS 2 face of the relocalizer. This module declares the parameters and
-assembles the node from its jobs: ``inputs``, ``worker``, ``outputs``, ``diagnostics``, ``services``.
+"""`match_node`: the ROS 2 face of the relocalizer, a lifecycle node. This module declares the
+parameters and assembles the node from its jobs: ``lifecycle`` (transitions, autostart),
+``relocalize`` (modes, ~/relocalize, the estimate, initialpose), ``inputs``, ``worker``,
+``outputs``, ``diagnostics``, ``services``.
 
-Callbacks stay short: the image callback only keeps the newest frame; one worker
-thread converts, matches, verifies and publishes, and counts the frames it had to
-skip. Model loading happens in that worker too, so /diagnostics reports "loading"
-or a weights error while the executor keeps running. Frame accounting, the log
-throttle and the health level live in health.py.
+Callbacks stay short: the image callback only keeps the newest frame (when work is wanted);
+one worker thread converts, matches, verifies and publishes, and counts the frames it had to
+skip. Model loading (configure) happens in that worker too, so /diagnostics reports "loading"
+or a weights error while the executor keeps running. Frame accounting, the log throttle and
+the health level live in health.py.
 
 Metric pose: the latest ``camera_info`` (else the ``query_intrinsics`` parameter) is the
 query camera; an accepted keyframe with depth, intrinsics and a map pose gives ``~/pose``
-(and ``/initialpose`` when enabled) once the pose gates pass, never a placeholder. The
-``depth`` and ``keyframe_pose`` topics are only buffered (a few recent messages) for
-``~/add_keyframe``, which stores them with the image in one index update.
+once the pose gates and the disagreement check pass, never a placeholder. The ``depth`` and
+``keyframe_pose`` topics are only buffered (a few recent messages) for ``~/add_keyframe``,
+which stores them with the image in one index update.
 """
 from __future__ import annotations
 
 import collections
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
 
 from roma_ros.core.text import MESSAGE_LIMIT, printable
 from roma_ros.ros import params as P
 from roma_ros.ros.health import FrameAccounting, LogThrottle, SequenceGaps
 from roma_ros.matching.base import Matcher
 from roma_ros.localize.pipeline import Relocalizer
+from roma_ros.localize.prior import Consensus
 from roma_ros.localize.pose import CameraModel
 from roma_ros.store import KeyframeStore
 from roma_ros.mapping.sync import StampBuffer
 from roma_ros.ros.diagnostics import LOG_CAUSES, LOG_THROTTLE_S, DiagnosticsMixin
 from roma_ros.ros.inputs import POSE_BUFFER, InputsMixin, depth_buffer
+from roma_ros.ros.lifecycle import LifecycleMixin
 from roma_ros.ros.mapping_mode import MappingModeMixin, keyframe_rule
 from roma_ros.ros.outputs import OutputsMixin
+from roma_ros.ros.relocalize import RelocalizeMixin
 from roma_ros.ros.services import SERVICE_QOS, ServicesMixin
 from roma_ros.ros.worker import WorkerMixin
 
 EXIT_BAD_PARAMETER = 2  # a start-up parameter its rules do not allow: `ros2 launch` reports the exit
 
 
-class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, ServicesMixin, MappingModeMixin, Node):
-    """match_node: parameters and assembly here; each job lives in its own module (ros/__init__.py)."""
+class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, ServicesMixin, RelocalizeMixin,
+                MappingModeMixin, LifecycleMixin, LifecycleNodeMixin, Node):
+    """match_node, a lifecycle node: parameters and assembly here; each job lives in its own
+    module (ros/__init__.py), the transitions in lifecycle.py."""
 
     def __init__(self, matcher: Matcher | None = None, **kwargs: Any) -> None:
         """``matcher`` replaces the one the parameters describe (tests share one network)."""
-        super().__init__("roma_matcher", **kwargs)
+        Node.__init__(self, "roma_matcher", **kwargs)
         self._injected_matcher = matcher
         try:
             self.values = self._declare_parameters()
         except P.ParameterError as exc:
             self.get_logger().fatal(f"{printable(exc, MESSAGE_LIMIT)}; the node stops: fix the parameter and "
                                     "start it again")
-            super().destroy_node()
+            Node.destroy_node(self)
             raise
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.state = "starting"
+        self.state = "unconfigured"
         self.last_error = ""
         self.relocalizer: Relocalizer | None = None
         self.store = KeyframeStore(P.keyframes_dir(self.values))
@@ -83,8 +89,12 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         self.last_result = ""
         self._throttle = LogThrottle(LOG_CAUSES, LOG_THROTTLE_S)
         self._latest_rgb: np.ndarray | None = None
+        self._last_image: Image | CompressedImage | None = None
         self._pending: Image | CompressedImage | None = None
         self._wake = threading.Condition()
+        self._jobs: list = []  # lifecycle jobs for the worker (loading)
+        self._busy = threading.Lock()  # held while the worker handles a frame
+        self._next_allowed = 0.0  # max_rate_hz: monotonic time the next frame may be taken
         self._stop = threading.Event()
         self._latest_header: Header | None = None
         self._camera_info: tuple[CameraInfo, CameraModel | None, str] | None = None  # msg, camera, error
@@ -93,30 +103,39 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         self.pose_status = {"pose_result": "", "pose_inliers": "", "reprojection_rmse_px": "",
                             "position_std_m": "", "poses_published": "0"}
         self._poses_published = 0
-        self._pub_initialpose = None  # created when publish_initialpose is first on (AMCL sees no idle publisher)
         self._init_mapping()
+        # Lifecycle: publishers exist from configure to cleanup, subscriptions while active.
+        self._active = False
+        self._activated_at = time.monotonic()
+        self._outputs: list = []
+        self._active_subscriptions: list = []
+        # relocalize.py: the waiting ~/relocalize, the estimate, the disagreement streak, initialpose.
+        self._request = None
+        self._topic_estimate = None
+        self._last_pose, self._last_pose_time = None, 0.0
+        self._consensus = Consensus()
+        self._initialpose_hold = False
+        self._initialposes_sent = 0
+        self.initialpose_status = "none sent"
+        self.prior_status = "off"
 
-        self.pub_matches = self.create_publisher(PointCloud2, "~/matches", 10)
-        self.pub_debug = self.create_publisher(Image, "~/debug_image", 1)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                             reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_keyframes = self.create_publisher(PoseArray, "~/keyframes", latched)
-        self.pub_markers = self.create_publisher(MarkerArray, "~/markers", 10)
+        # /diagnostics reports in every lifecycle state, so it is a plain publisher.
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
-        self._initialpose_publisher()
-
-        self._create_image_subscription()
-        self._create_pose_input_subscriptions()
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/add_keyframe", self._on_add_keyframe, callback_group=services,
                             qos_profile=SERVICE_QOS)
         self.create_service(Trigger, "~/reload_keyframes", self._on_reload_keyframes, callback_group=services,
                             qos_profile=SERVICE_QOS)
+        # ~/relocalize waits for the worker: its own group, so other callbacks go on meanwhile.
+        self.create_service(Trigger, "~/relocalize", self._on_relocalize,
+                            callback_group=MutuallyExclusiveCallbackGroup(), qos_profile=SERVICE_QOS)
+        # Transitions wait for loading: their own group too (not the default one of the subscriptions).
+        LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
         # Wall-clock period (health reports go on while a simulation is paused); stamps use the
         # node clock, so they follow /clock under use_sim_time.
         self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+                          clock=Clock(clock_type=ClockType.STEADY_TIME),
+                          callback_group=MutuallyExclusiveCallbackGroup())
 
         self._worker = threading.Thread(target=self._run_worker, name="roma_worker", daemon=True)
         self._worker.start()
@@ -132,7 +151,15 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
                 read_only=not spec.live, additional_constraints=spec.allowed(), dynamic_typing=True)
             default = spec.default_for(values.get("model", ""))
             values[spec.name] = self.declare_parameter(spec.name, default, descriptor).value
-        return P.check_startup(values)
+        checked = P.check_startup(values)
+        # An empty list reaches the node as "not set" (a params file's []) or as the string "null"
+        # (a `ros2 param dump` file); store it as an empty double array, so the next dump writes []
+        # and `ros2 param get` shows a list.
+        empty = [Parameter(spec.name, Parameter.Type.DOUBLE_ARRAY, []) for spec in P.PARAMS
+                 if spec.kind is list and spec.live and not isinstance(values[spec.name], (list, tuple))]
+        if empty:
+            self.set_parameters(empty)
+        return checked
 
     def _on_set_parameters(self, changes: list) -> SetParametersResult:
         values = dict(self.values)
@@ -153,21 +180,17 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         if self.relocalizer is not None:
             self.relocalizer.set_decision(decision)
             self.relocalizer.set_pose_config(pose_config)
-        self._initialpose_publisher()  # before the first pose, so subscribers have matched by then
         return SetParametersResult(successful=True)
 
-    def _initialpose_publisher(self):
-        """The /initialpose publisher while publish_initialpose is on (created once, when first on)."""
-        if self.values["publish_initialpose"] and self._pub_initialpose is None:
-            self._pub_initialpose = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", 10)
-        return self._pub_initialpose if self.values["publish_initialpose"] else None
-
     def destroy_node(self) -> None:
+        self._cancel_relocalize("the node is being destroyed")
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
         self._worker.join(timeout=5.0)
-        super().destroy_node()
+        self._active = False
+        self.relocalizer = None
+        Node.destroy_node(self)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -179,7 +202,8 @@ def main(args: list[str] | None = None) -> None:
             rclpy.logging.get_logger("roma_matcher").fatal(f"bad parameter, the node stops: {exc}")
         rclpy.try_shutdown()
         sys.exit(EXIT_BAD_PARAMETER)
-    executor = MultiThreadedExecutor(num_threads=2)
+    # Threads: a waiting ~/relocalize and a configure waiting for the model each hold one.
+    executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
         executor.spin()

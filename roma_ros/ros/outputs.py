@@ -1,14 +1,16 @@
-"""match_node's outputs: ~/matches, ~/pose (and /initialpose), ~/markers, ~/debug_image and
+"""match_node's outputs: ~/matches, ~/pose (and initialpose, see relocalize.py), ~/markers, ~/debug_image and
 the latched ~/keyframes, from one relocalization result."""
 from __future__ import annotations
 
+import math
+import time
 
 import numpy as np
 from std_msgs.msg import Header
 
 from roma_ros.ros import params as P
 from roma_ros.ros.conversions import (
-    floor_initialpose_covariance,
+    floor_covariance,
     match_markers, matches_to_pointcloud2, pose_with_covariance_msg,
     poses_to_pose_array, rgb_to_image_msg,
 )
@@ -21,8 +23,10 @@ class OutputsMixin:
     """Publishing one result: matches, pose, markers and the debug image."""
 
     def _publish_pose(self, header: Header, result: QueryResult) -> tuple | None:
-        """Publish ~/pose (and /initialpose) when accepted and the gates pass; record the outcome
-        for diagnostics either way. Returns the published pose, else None."""
+        """Publish ~/pose when accepted, the gates pass and the pose agrees with the estimate (or
+        disagreement.frames frames in a row agree on a new place); initialpose where
+        relocalize.py says so. Records the outcome for diagnostics either way. Returns the
+        published pose, else None."""
         estimate = result.pose
         status = {"pose_result": "no match" if not result.accepted else "", "pose_inliers": "",
                   "reprojection_rmse_px": "", "position_std_m": ""}
@@ -40,18 +44,27 @@ class OutputsMixin:
                     published = map_pose(keyframe.pose, estimate, P.camera_to_base(self.values))
                 except ValueError as exc:
                     status["pose_result"] = str(exc)
+        sent = "not sent"
         if published is not None:
             pose, covariance = published
-            std = position_std(covariance)
-            status["pose_result"], status["position_std_m"] = "ok", f"{std:.4f}" if np.isfinite(std) else ""
-            out_header = Header(stamp=header.stamp, frame_id=self.values["frame_id"])
-            self.pub_pose.publish(pose_with_covariance_msg(out_header, pose, covariance))
-            initialpose = self._initialpose_publisher()
-            if initialpose is not None:
-                initialpose.publish(pose_with_covariance_msg(out_header, pose, floor_initialpose_covariance(covariance)))
-            self._poses_published += 1
+            covariance = floor_covariance(covariance, float(self.values["pose.min_position_std"]),
+                                          math.radians(float(self.values["pose.min_angle_std"])))
+            verdict = self._check_disagreement(pose)
+            if not verdict.publish:
+                status["pose_result"] = (f"held: {verdict.streak} of {self.values['disagree.frames']} consecutive "
+                                         f"frames {verdict.distance:.2f} m from the estimate")
+                published = None
+            else:
+                std = position_std(covariance)
+                status["pose_result"], status["position_std_m"] = "ok", f"{std:.4f}" if np.isfinite(std) else ""
+                out_header = Header(stamp=header.stamp, frame_id=self.values["frame_id"])
+                self.pub_pose.publish(pose_with_covariance_msg(out_header, pose, covariance))
+                self._last_pose, self._last_pose_time = pose, time.monotonic()
+                sent = self._maybe_send_initialpose(out_header, pose, covariance, verdict)
+                self._poses_published += 1
         status["poses_published"] = str(self._poses_published)
         self.pose_status = status
+        self._relocalize_frame_done(result, published[0] if published is not None else None, sent)
         return published[0] if published is not None else None
 
     def _publish_result(self, header: Header, rgb: np.ndarray, result: QueryResult, latency: float) -> None:

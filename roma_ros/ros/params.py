@@ -8,6 +8,7 @@ The same rules judge every value, at start-up (a bad one stops the node, see
 """
 from __future__ import annotations
 
+import array
 import math
 import re
 from collections.abc import Callable
@@ -116,9 +117,20 @@ def _number(value: float) -> str:
 def _has_type(value: Any, kind: type) -> bool:
     if kind is float:
         return type(value) in (int, float)  # bool is an int subclass, but never a number here
-    if kind is list:  # an empty list in a params file reaches the node as "not set" (None)
-        return value is None or (isinstance(value, (list, tuple)) and all(_has_type(v, float) for v in value))
+    if kind is list:
+        return _is_empty_list(value) or (isinstance(value, (list, tuple, array.array))
+                                         and all(_has_type(v, float) for v in value))
     return type(value) is kind
+
+
+# How an empty list reaches the node: a params file's ``[]`` arrives as "not set" (None), and
+# ``ros2 param dump`` writes such a parameter as ``null``, which rcl's YAML parser hands over as the
+# string "null" (YAML's other null spellings likewise). All mean "empty" for a list parameter.
+YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _is_empty_list(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value in YAML_NULLS)
 
 
 # Thresholds of the classical (SIFT) matcher, calibrated on bench/place_recognition.py (docs/keyframes.md,
@@ -127,6 +139,16 @@ def _has_type(value: Any, kind: type) -> bool:
 CLASSICAL = "classical"
 
 PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", True, "configure and activate at start-up (unmanaged `ros2 run` / `ros2 launch`); "
+              "false: stay unconfigured until a lifecycle manager (nav2 lifecycle_manager, `ros2 lifecycle set`) "
+              "drives the transitions"),
+    ParamSpec("mode", "on_demand", "on_demand: match only while a ~/relocalize call waits for an answer; "
+              "continuous: match every frame (at most max_rate_hz) while anyone subscribes to ~/pose, ~/matches, "
+              "~/markers, ~/debug_image or initialpose", live=True, choices=("on_demand", "continuous")),
+    ParamSpec("max_rate_hz", 2.0, "match at most this many frames per second (both modes; newer frames replace "
+              "the waiting one); 0 = as fast as the matcher goes", live=True, minimum=0.0, maximum=1000.0),
+    ParamSpec("relocalize_timeout", 10.0, "seconds a ~/relocalize call matches frames before it answers that "
+              "no pose was found", live=True, above=0.0, maximum=3600.0),
     ParamSpec("model", "roma_outdoor", "matcher network", choices=MODEL_NAMES),
     ParamSpec("weights", "", "RoMa / Tiny RoMa checkpoint path; empty: torch hub cache, then the official URL"),
     ParamSpec("dinov2_weights", "", "DINOv2 ViT-L/14 checkpoint path (RoMa only); empty: torch hub cache, then URL"),
@@ -207,8 +229,36 @@ PARAMS: tuple[ParamSpec, ...] = (
               check=lambda value: camera_to_base({"camera_to_base": value})),
     ParamSpec("base_frame", "base_link", "name of the frame camera_to_base refers to (reported in diagnostics)",
               live=True, pattern=FRAME_PATTERN, pattern_text=FRAME_TEXT),
-    ParamSpec("publish_initialpose", False, "also publish each pose on /initialpose (remappable) for AMCL / "
-              "nav2, covariance floored at RViz's 2D Pose Estimate values", live=True),
+    ParamSpec("pose.min_position_std", 0.003, "~/pose covariance floor: x, y, z standard deviation at least this "
+              "(m), so a filter never takes a pose as certain", live=True, minimum=0.0, maximum=100.0),
+    ParamSpec("pose.min_angle_std", 0.1, "~/pose covariance floor: roll, pitch, yaw standard deviation at least "
+              "this (degrees)", live=True, minimum=0.0, maximum=180.0),
+    ParamSpec("publish_initialpose", True, "publish base_frame's pose on the relative `initialpose` topic (AMCL) "
+              "after an accepted ~/relocalize and, in continuous mode, after disagree.frames frames that disagree "
+              "with estimate_topic; never on every frame, never without camera_to_base", live=True),
+    ParamSpec("initialpose.min_position_std", 0.1, "initialpose covariance floor: x, y, z standard deviation at "
+              "least this (m); the covariance sent is diagonal", live=True, minimum=0.0, maximum=1000.0),
+    ParamSpec("initialpose.min_angle_std", 3.0, "initialpose covariance floor: roll, pitch, yaw standard "
+              "deviation at least this (degrees)", live=True, minimum=0.0, maximum=180.0),
+    ParamSpec("estimate_topic", "amcl_pose", "the robot's current pose estimate (PoseWithCovarianceStamped in "
+              "frame_id, e.g. AMCL's amcl_pose), for the prior and the disagreement check; relative to the "
+              "namespace", pattern=r"[~A-Za-z/][\w/~]*", pattern_text="a topic name"),
+    ParamSpec("last_pose_max_age", 5.0, "while estimate_topic has sent nothing, the last published pose serves "
+              "as the estimate for this many seconds (the robot moves on); 0 = never", live=True, minimum=0.0),
+    ParamSpec("disagree.distance", 1.0, "a pose farther than this (m, in x-y) from the estimate disagrees with it",
+              live=True, above=0.0),
+    ParamSpec("disagree.angle", 20.0, "a pose whose yaw differs from the estimate's by more than this (degrees) "
+              "disagrees with it (compared only with camera_to_base set: both are then base_frame poses)",
+              live=True, above=0.0, maximum=180.0),
+    ParamSpec("disagree.frames", 3, "a pose that disagrees with the estimate is published (~/pose, and "
+              "initialpose in continuous mode) only once this many consecutive accepted frames agree with "
+              "each other; 1 = at once", live=True, minimum=1, maximum=1000),
+    ParamSpec("prior.radius", 0.0, "with an estimate (estimate_topic, else the last published pose), verify only "
+              "keyframes whose pose lies within this many metres (x-y) of it; keyframes without a pose always "
+              "count; 0 = off", live=True, minimum=0.0),
+    ParamSpec("camera_info_rectified", False, "the image is rectified (image_rect): the query camera is "
+              "camera_info P (fx=P[0], fy=P[5], cx=P[2], cy=P[6]) without distortion; false: K and D (raw "
+              "image); ~/add_keyframe stores the same model"),
     ParamSpec("keyframe_pose_type", "pose_stamped", "message type of the keyframe_pose topic",
               choices=("pose_stamped", "pose_with_covariance_stamped")),
     ParamSpec("sync_tolerance", 0.05, "~/add_keyframe stores the depth frame and keyframe_pose whose stamps lie "
@@ -225,6 +275,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "no time rule", live=True, minimum=0.0),
     ParamSpec("debug.max_lines", 50, "inlier lines drawn in ~/debug_image; -1 = all", live=True, minimum=-1),
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
+    ParamSpec("stale_timeout", 5.0, "/diagnostics warns when no image arrived for this many seconds while "
+              "active; 0 = off", live=True, minimum=0.0, maximum=3600.0),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (wall clock)",
               minimum=0.01, maximum=60.0),
     ParamSpec("max_image_pixels", 4096 * 2160, "query frames with more pixels (width x height) are rejected as "
@@ -242,8 +294,8 @@ def check_value(name: str, value: Any) -> Any:
     problem = spec.problem(value)
     if problem is not None:
         raise ParameterError(f"{name}={value!r} is not allowed: expected {problem}")
-    if spec.kind is list:
-        value = [float(v) for v in value or ()]
+    if spec.kind is list:  # list, tuple or array.array ('d' from `ros2 param set` and rclpy clients)
+        value = [] if _is_empty_list(value) else [float(v) for v in value]
     if spec.check is not None:
         try:
             spec.check(value)

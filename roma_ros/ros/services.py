@@ -25,7 +25,7 @@ class ServicesMixin:
     """The Trigger services; they run in their own callback group, beside the worker."""
 
     def _on_add_keyframe(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        rgb, header = self._latest_rgb, self._latest_header
+        rgb, header = self._latest_image()
         if self.relocalizer is None:
             response.success, response.message = False, self._not_ready()
         elif rgb is None:
@@ -39,7 +39,7 @@ class ServicesMixin:
                     f"could not write to {self.store.directory}: {exc}", MESSAGE_LIMIT)
                 return response
             index = self.relocalizer.add_keyframe(keyframe)
-            self.state = "ready"
+            self.state = self._ready_state()
             self._publish_keyframes()
             response.success = True
             response.message = f"added keyframe '{keyframe.name}' (index {index}) as {self.store.directory / keyframe.image_file}"
@@ -63,7 +63,7 @@ class ServicesMixin:
         if camera is None:
             missing.append(f"intrinsics ({problem})")
         elif self._camera_info is not None:
-            inputs["intrinsics"] = camera_info_intrinsics(self._camera_info[0])
+            inputs["intrinsics"] = camera_info_intrinsics(self._camera_info[0], self.values["camera_info_rectified"])
             stored.append("intrinsics (camera_info)")
         else:
             inputs["intrinsics"] = dict(zip(INTRINSICS_KEYS, map(float, self.values["query_intrinsics"])))

@@ -22,18 +22,52 @@ class WorkerMixin:
     """The one thread that does the heavy work, so the executor never blocks on it."""
 
     def _run_worker(self) -> None:
-        if not self._load():
-            return
+        """Lifecycle jobs (loading) and frames, one at a time; autostart runs the transitions here."""
+        if self.values["autostart"]:
+            self._autostart()
         while not self._stop.is_set():
-            msg = self._next_frame()
-            if msg is None:
+            item = self._next_item()
+            if item is None:
                 continue
-            try:
-                outcome = self._handle(msg)
-            except Exception as exc:  # the node must outlive any single bad frame
-                outcome = Outcome.FAILED
-                self._record_error("processing", f"processing a frame failed: {type(exc).__name__}: {exc}")
-            self.frames.finish(outcome)
+            if callable(item):  # a job from another thread (lifecycle.py's _in_worker)
+                item()
+                continue
+            with self._busy:
+                try:
+                    outcome = self._handle(item)
+                except Exception as exc:  # the node must outlive any single bad frame
+                    outcome = Outcome.FAILED
+                    self._record_error("processing", f"processing a frame failed: {type(exc).__name__}: {exc}")
+                self.frames.finish(outcome)
+
+    def _next_item(self):
+        """The next job, else the newest frame once max_rate_hz allows one (frames arriving
+        meanwhile replace it, counted), else None after a short wait."""
+        with self._wake:
+            while not self._stop.is_set():
+                if self._jobs:
+                    return self._jobs.pop(0)
+                if self._pending is not None:
+                    wait = self._next_allowed - time.monotonic()
+                    if wait <= 0:
+                        msg, self._pending = self._pending, None
+                        rate = float(self.values["max_rate_hz"])
+                        self._next_allowed = time.monotonic() + (1.0 / rate if rate > 0 else 0.0)
+                        return msg
+                    self._wake.wait(timeout=min(wait, 0.5))
+                else:
+                    self._wake.wait(timeout=0.5)
+            return None
+
+    def _latest_image(self):
+        """The newest frame as (RGB, header) for ~/add_keyframe: the last one matched, or the last
+        one received when that is newer (on_demand mode matches few); (None, None) before any."""
+        msg = self._last_image
+        if msg is not None and (self._latest_header is None or msg.header != self._latest_header):
+            rgb = self._convert(msg)
+            if rgb is not None:
+                return rgb, msg.header
+        return self._latest_rgb, self._latest_header
 
     def _load(self) -> bool:
         self.state = "loading model"
@@ -80,7 +114,7 @@ class WorkerMixin:
             self.get_logger().info(f"keyframe features: {cache.stats.loaded} from {where}, "
                                    f"{cache.stats.computed} computed")
         self._publish_keyframes()
-        self.state = "ready" if keyframes else "waiting for keyframes"
+        self.state = self._ready_state()
         self.get_logger().info(f"{len(keyframes)} keyframes from {self.store.directory}")
         return len(keyframes)
 
@@ -102,7 +136,7 @@ class WorkerMixin:
         assert self.relocalizer is not None  # the worker handles frames only once loaded
         self._latest_header, self._latest_rgb = msg.header, rgb
         camera, camera_problem = self._query_camera(rgb)
-        result = self.relocalizer.process(rgb, camera)
+        result = self.relocalizer.process(rgb, camera, eligible=self._prior())
         if result.pose is not None and camera is None:
             result.pose.reason = camera_problem
         latency = time.perf_counter() - start

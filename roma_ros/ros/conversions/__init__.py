@@ -12,16 +12,16 @@ from roma_ros.ros.conversions.images import (
 )
 from roma_ros.ros.conversions.matches import MATCH_FIELDS, matches_to_pointcloud2, pointcloud2_to_matches
 from roma_ros.ros.conversions.poses import (
-    INITIALPOSE_FLOOR, CameraInfoError, camera_info_intrinsics, camera_info_to_camera, floor_initialpose_covariance,
-    match_markers, msg_to_pose, pose_with_covariance_msg, poses_to_pose_array,
+    COVARIANCE_MAX, CameraInfoError, camera_info_intrinsics, camera_info_to_camera,
+    floor_covariance, initialpose_covariance, match_markers, msg_to_pose, pose_with_covariance_msg, poses_to_pose_array,
 )
 
 __all__ = [
+    "COVARIANCE_MAX",
     "CameraInfoError",
     "DEPTH_ENCODINGS",
     "FRAME_FAULTS",
     "ImageConversionError",
-    "INITIALPOSE_FLOOR",
     "MATCH_FIELDS",
     "MIN_IMAGE_SIDE",
     "SUPPORTED_ENCODINGS",
@@ -30,7 +30,8 @@ __all__ = [
     "compressed_msg_to_rgb",
     "depth_msg_to_array",
     "depth_msg_to_metres",
-    "floor_initialpose_covariance",
+    "floor_covariance",
+    "initialpose_covariance",
     "image_msg_to_rgb",
     "match_markers",
     "matches_to_pointcloud2",

@@ -100,15 +100,25 @@ class CameraInfoError(ValueError):
 OPENCV_DISTORTION_MODELS = ("plumb_bob", "rational_polynomial")
 
 
-def camera_info_intrinsics(msg: CameraInfo) -> dict:
+def camera_info_intrinsics(msg: CameraInfo, rectified: bool = False) -> dict:
     """CameraInfo -> ``{fx, fy, cx, cy[, distortion]}`` in the ROS/OpenCV convention (pixel
-    centres at integers, as keyframes.yaml stores them). All-zero distortion is left out."""
-    k = [float(v) for v in msg.k]
-    fx, fy, cx, cy = k[0], k[4], k[2], k[5]
+    centres at integers, as keyframes.yaml stores them). All-zero distortion is left out.
+
+    ``rectified``: the image is ``image_rect`` (image_proc's output), whose camera is the
+    projection matrix P (fx=P[0], fy=P[5], cx=P[2], cy=P[6]) with the distortion already removed;
+    D describes the raw image only and is ignored. Otherwise K and D (the raw image)."""
+    if rectified:
+        p = [float(v) for v in msg.p]
+        fx, fy, cx, cy = p[0], p[5], p[2], p[6]
+        what, fix = "P", "publish P (image_proc's camera_info does) or set camera_info_rectified false"
+    else:
+        k = [float(v) for v in msg.k]
+        fx, fy, cx, cy = k[0], k[4], k[2], k[5]
+        what, fix = "K", "calibrate it or set query_intrinsics"
     if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
-        raise CameraInfoError(f"camera_info K has fx={fx}, fy={fy}: the camera is not calibrated "
-                              "(or K is not row-major 3x3); calibrate it or set query_intrinsics")
-    d = [float(v) for v in msg.d]
+        raise CameraInfoError(f"camera_info {what} has fx={fx}, fy={fy}: the camera is not calibrated "
+                              f"(or {what} is not row-major); {fix}")
+    d = [] if rectified else [float(v) for v in msg.d]
     intrinsics = {"fx": fx, "fy": fy, "cx": cx, "cy": cy}
     if any(v != 0.0 for v in d):
         if msg.distortion_model not in OPENCV_DISTORTION_MODELS:
@@ -123,17 +133,17 @@ def camera_info_intrinsics(msg: CameraInfo) -> dict:
     return intrinsics
 
 
-def camera_info_to_camera(msg: CameraInfo):
-    """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame).
-    Refused (CameraInfoError) without an image size, or with a model that fails the sanity
-    gate ``CameraModel.check_for_image`` for that size."""
+def camera_info_to_camera(msg: CameraInfo, rectified: bool = False):
+    """CameraInfo -> ``pose.CameraModel`` (cx, cy shifted once to our pixel-centre frame); see
+    ``camera_info_intrinsics`` for ``rectified``. Refused (CameraInfoError) without an image
+    size, or with a model that fails the sanity gate ``CameraModel.check_for_image`` for that size."""
     from roma_ros.localize.pose import CameraModel
 
     width, height = int(msg.width), int(msg.height)
     if width <= 0 or height <= 0:
         raise CameraInfoError(f"camera_info is {width}x{height}: a calibrated camera_info carries the size of "
                               "its images (width, height); fix the camera driver's calibration file")
-    camera = CameraModel.from_intrinsics(camera_info_intrinsics(msg))
+    camera = CameraModel.from_intrinsics(camera_info_intrinsics(msg, rectified))
     try:
         camera.validate()
         camera.check_for_image(width, height)
@@ -165,15 +175,27 @@ def pose_with_covariance_msg(header: Header, pose: PoseTuple, covariance: np.nda
     return msg
 
 
-# RViz's "2D Pose Estimate" covariance: x, y 0.25 m^2 (0.5 m std), yaw 0.0685 rad^2 (15 deg std).
-INITIALPOSE_FLOOR = {0: 0.25, 7: 0.25, 35: 0.06853891945200942}
+# nav2's bounds on an initial pose's covariance (Lyrical rejects any element < 0 or > 1e9).
+COVARIANCE_MAX = 1e9
 
 
-def floor_initialpose_covariance(covariance: np.ndarray) -> np.ndarray:
-    """The covariance with the x, y and yaw variances raised to at least RViz's 2D Pose Estimate
-    values, so AMCL spreads its particles at least as much as after a click in RViz."""
+def floor_covariance(covariance: np.ndarray, position_std: float, angle_std_rad: float) -> np.ndarray:
+    """The 6x6 covariance with each diagonal variance raised to at least the floor (position
+    std for x, y, z; angle std for roll, pitch, yaw). Raising the diagonal keeps a positive
+    semi-definite matrix so; off-diagonal terms stay. Non-finite input stays non-finite (unknown)."""
     cov = np.asarray(covariance, np.float64).reshape(6, 6).copy()
-    flat = cov.reshape(-1)
-    for index, floor in INITIALPOSE_FLOOR.items():
-        flat[index] = max(flat[index], floor) if np.isfinite(flat[index]) else floor
+    floors = np.array([position_std ** 2] * 3 + [angle_std_rad ** 2] * 3)
+    diagonal = np.diag(cov)
+    raised = np.where(np.isfinite(diagonal), np.maximum(diagonal, floors), diagonal)
+    cov[np.diag_indices(6)] = raised
     return cov
+
+
+def initialpose_covariance(covariance: np.ndarray, position_std: float, angle_std_rad: float) -> np.ndarray:
+    """What AMCL gets on initialpose: the diagonal only (nav2 rejects negative elements, which
+    off-diagonal terms can be), floored, unknown (non-finite) variances as the ceiling, and every
+    element within nav2's bounds [0, 1e9]."""
+    diagonal = np.diag(np.asarray(covariance, np.float64).reshape(6, 6))
+    diagonal = np.where(np.isfinite(diagonal), diagonal, COVARIANCE_MAX)
+    floors = np.array([position_std ** 2] * 3 + [angle_std_rad ** 2] * 3)
+    return np.diag(np.clip(np.maximum(diagonal, floors), 0.0, COVARIANCE_MAX))
