@@ -115,6 +115,24 @@ def test_relocalizer_solves_over_every_accepted_keyframe(real):
     assert reloc.process(frames["f11"].rgb, rb.camera()).pose.keyframes == 1
 
 
+def test_a_look_alike_far_away_does_not_join_the_pnp(real):
+    """The same two keyframes, one of them moved 20 m in the map (a look-alike elsewhere): it is
+    accepted, but outside MULTI_KEYFRAME_RADIUS_M of the best one, so the PnP uses one keyframe."""
+    from dataclasses import replace
+
+    from roma_ros.localize.pipeline import MULTI_KEYFRAME_RADIUS_M
+
+    frames, matcher, _ = real
+    near, far = keyframe(frames["f09"]), keyframe(frames["f12"])
+    (x, y, z), q = far.pose
+    far = replace(far, pose=((x + 4 * MULTI_KEYFRAME_RADIUS_M, y, z), q))
+    reloc = Relocalizer(matcher, DecisionConfig(threshold=F_THRESHOLD, min_inliers=20), PoseConfig())
+    reloc.set_keyframes([near, far])
+    result = reloc.process(frames["f11"].rgb, rb.camera())
+    assert result.accepted and sum(c.verification.verified for c in result.candidates) == 2
+    assert result.pose.ok and result.pose.keyframes == 1
+
+
 def test_a_distractor_never_yields_a_metric_pose(real):
     """Views of another room (fr3/cabinet) against every fr1/rpy keyframe: no metric pose."""
     frames, matcher, _ = real

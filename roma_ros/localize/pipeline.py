@@ -251,7 +251,8 @@ def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: Camer
     ``others``: further accepted candidates. With ``config.multi_keyframe``, those whose keyframe
     has depth, intrinsics and a pose (as has ``keyframe``) add their F-inliers to one PnP in
     ``keyframe``'s camera frame (as hloc does with covisible database images): more points
-    where one keyframe has too few. The result stays relative to ``keyframe``."""
+    where one keyframe has too few. Only keyframes within MULTI_KEYFRAME_RADIUS_M of
+    ``keyframe`` join. The result stays relative to ``keyframe``."""
     missing = [what for what, absent in (("query camera intrinsics (camera_info)", query_camera is None),
                                          (f"depth for keyframe '{keyframe.name}'", keyframe.depth is None),
                                          (f"intrinsics for keyframe '{keyframe.name}'", not keyframe.intrinsics))
@@ -283,9 +284,16 @@ def keyframe_camera_problem(keyframe: Keyframe) -> str:
     return ""
 
 
+# Multi-keyframe PnP joins only keyframes this close (m) to the best one: covisible keyframes of one
+# place are metres apart, while a look-alike elsewhere in the map would pull the pose between the
+# two places (RANSAC then keeps whichever has more points, not necessarily the best keyframe's).
+MULTI_KEYFRAME_RADIUS_M = 5.0
+
+
 def _pnp_over(best, keyframe, query_camera, config, others) -> PoseEstimate:
     inl = best.verification.inlier_mask
-    extra = [(c, k) for c, k in others if k.posable and c.verification.verified]
+    extra = [(c, k) for c, k in others if k.posable and c.verification.verified
+             and keyframe.pose is not None and _distance(k.pose, keyframe.pose) <= MULTI_KEYFRAME_RADIUS_M]
     if not (config.multi_keyframe and keyframe.pose is not None and extra):
         return estimate_pose(best.matches.kpts_query[inl], best.matches.kpts_candidate[inl], keyframe.depth,
                              keyframe_camera(keyframe), query_camera, config, keyframe_depth_std(keyframe))
@@ -298,6 +306,10 @@ def _pnp_over(best, keyframe, query_camera, config, others) -> PoseEstimate:
                                     keyframe_camera(k), to_reference @ pose_to_matrix(k.pose),
                                     keyframe_depth_std(k)))
     return estimate_pose_multi(parts, query_camera, config)
+
+
+def _distance(a, b) -> float:
+    return float(np.linalg.norm(np.subtract(a[0], b[0])))
 
 
 def verify_all(all_matches: list[Matches], decision: DecisionConfig) -> list[Verification]:
