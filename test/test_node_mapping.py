@@ -62,6 +62,7 @@ def mapping_node(ros, tmp_path):
     node = MatchNode(parameter_overrides=[Parameter(k, value=v) for k, v in {
         "model": "classical", "keyframes_dir": str(tmp_path / "kf"), "image_qos": "reliable",
         "diagnostics_period": 0.2, "ransac.threshold": 1.0, "min_inliers": 20, "mapping.max_interval": 0.0,
+        "mode": "continuous", "max_rate_hz": 0.0,  # every frame is matched, with mapping off too
     }.items()])
     probe = MappingProbe()
     spinner = Spinner(node, probe)
@@ -122,3 +123,26 @@ def test_mapping_mode_adds_keyframes_far_from_every_stored_one(mapping_node, tmp
     probe.send(views[-1].rgb)
     wait_for(lambda: "no keyframe added: no keyframe_pose within" in node.mapping_last, 10, "the reason")
     assert node.mapping_added == len(expected)
+
+
+def test_mapping_mode_stores_frames_in_on_demand_mode_too(ros, tmp_path) -> None:
+    """on_demand matches nothing until ~/relocalize, but a mapping run must not need one."""
+    from roma_ros.ros.node import MatchNode
+
+    node = MatchNode(parameter_overrides=[Parameter(k, value=v) for k, v in {
+        "model": "classical", "keyframes_dir": str(tmp_path / "kf"), "image_qos": "reliable",
+        "mode": "on_demand", "max_rate_hz": 0.0, "mapping.enabled": True, "mapping.max_interval": 0.0,
+    }.items()])
+    probe = MappingProbe()
+    spinner = Spinner(node, probe)
+    try:
+        wait_for(lambda: node.state in ("ready", "waiting for keyframes"), 60, "the node to load")
+        for publisher in (probe.pub_info, probe.pub_depth, probe.pub_pose):
+            wait_for(publisher.get_subscription_count, 20, f"the node's {publisher.topic_name} subscription")
+        camera = default_camera(SIZE)
+        probe.pub_info.publish(info_msg(camera))
+        send_posed(node, probe, render(RUN.poses[0], camera, SIZE), RUN.poses[0])
+        wait_for(lambda: node.mapping_added == 1, 30, "the first keyframe")
+        assert len(KeyframeStore(tmp_path / "kf").load()) == 1
+    finally:
+        spinner.shut_down()

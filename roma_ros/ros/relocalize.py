@@ -52,7 +52,7 @@ class RelocalizeMixin:
     def _wants_frames(self) -> bool:
         if not self._active or self.relocalizer is None:
             return False
-        if self._request is not None:
+        if self._request is not None or self.values["mapping.enabled"]:  # mapping stores frames as they come
             return True
         return self.values["mode"] == "continuous" and self._has_listeners()
 
