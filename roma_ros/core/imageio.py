@@ -62,12 +62,47 @@ def quiet_opencv() -> Iterator[list[str]]:
         cv2.utils.logging.setLogLevel(previous)
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3); 16-bit and grayscale files are converted."""
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding its pixels (Pillow reads the
+    header only); None when Pillow does not know the format (OpenCV may still)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        return (1 << 16, 1 << 16)  # Pillow's own bomb limit: far over any keyframe bound
+    except (UnidentifiedImageError, ValueError, SyntaxError, EOFError):
+        return None
+
+
+def check_pixels(shape: tuple[int, ...], max_pixels: int, what: str) -> None:
+    """ImageFileError when an (H, W, ...) image has more than ``max_pixels`` pixels (0 = no bound)."""
+    height, width = int(shape[0]), int(shape[1])
+    if max_pixels and width * height > max_pixels:
+        raise ImageFileError(f"{what} is {width}x{height} ({width * height / 1e6:.1f} MP), over the limit of "
+                             f"{max_pixels / 1e6:.1f} MP (max_image_pixels): downscale it, e.g. "
+                             f"`convert IN -resize {max_pixels}@ OUT`, or raise max_image_pixels")
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = 0) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3); 16-bit and grayscale files are converted.
+
+    Every way a file can fail (missing, a name too long for the file system, no permission,
+    an I/O error, a corrupt file, more than ``max_pixels`` pixels, 0 = no bound, checked from
+    the header before decoding) is an ImageFileError naming the file, so a caller that skips
+    bad keyframes skips exactly that one."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(f"image file '{path}' does not exist")
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        if not path.is_file():
+            raise ImageFileError(f"image file '{path}' does not exist")
+        if max_pixels:
+            size = header_size(path)
+            if size is not None:
+                check_pixels((size[1], size[0]), max_pixels, f"image file '{path}'")
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:  # ENAMETOOLONG from is_file(), PermissionError, EIO...
+        raise ImageFileError(f"image file '{path}' cannot be read: {exc.strerror or exc}") from None
     if data.size == 0:
         raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
     with quiet_opencv() as codec:
@@ -75,6 +110,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     if image is None or image.size == 0:
         said = f": {'; '.join(codec)}" if codec else ""
         raise ImageFileError(f"image file '{path}' is not a readable image (corrupt, or not JPEG/PNG/...){said}")
+    check_pixels(image.shape, max_pixels, f"image file '{path}'")
     return to_rgb8(image, source=str(path))
 
 
