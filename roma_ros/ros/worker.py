@@ -27,6 +27,7 @@ class WorkerMixin:
             msg = self._next_frame()
             if msg is None:
                 continue
+            self._follow_store()
             try:
                 outcome = self._handle(msg)
             except Exception as exc:  # the node must outlive any single bad frame
@@ -53,6 +54,27 @@ class WorkerMixin:
         self.get_logger().info(f"matcher {matcher.name} ready on {matcher.device}")
         self._try_reload()
         return True
+
+    def _follow_store(self) -> None:
+        """Between queries: take up keyframes another process committed (one PRAGMA when none);
+        a removal or an edit there means a full reload."""
+        if self.relocalizer is None:
+            return
+        try:
+            change = self.store.poll()
+            if change is None:
+                return
+            if change.reload:
+                self._try_reload()
+                return
+            for keyframe in change.added:
+                self.relocalizer.add_keyframe(keyframe)
+            if change.added:
+                self._publish_keyframes()
+                self.state = "ready"
+                self.get_logger().info(f"{len(change.added)} keyframes added by another process")
+        except Exception as exc:  # a store problem must not cost the query
+            self._record_error("keyframes", f"following the keyframe store failed: {type(exc).__name__}: {exc}")
 
     def _try_reload(self) -> int | None:
         """``_reload``, with any failure reported in diagnostics instead of killing the thread."""

@@ -353,7 +353,8 @@ class KeyframeStore:
             with db.write() as conn:
                 db.set_meta(conn, "yaml_sha", hashlib.sha256(target.read_bytes()).hexdigest())
                 db.set_meta(conn, "yaml_stat", f"{stat.st_size}:{stat.st_mtime_ns}")
-                db.set_meta(conn, "yaml_seq", str(rows[-1].seq if rows else 0))
+                conn.execute("UPDATE keyframes SET in_yaml = 0")
+                conn.executemany("UPDATE keyframes SET in_yaml = 1 WHERE id=?", [(r.id,) for r in rows])
         return target, len(entries)
 
     def import_yaml(self, path: str | Path | None = None) -> int:
@@ -369,14 +370,8 @@ class KeyframeStore:
             with db.write() as conn:
                 db.set_meta(conn, "yaml_sha", "")  # import even when unchanged: the user asked for it
             import_entries(db, entries, {"yaml_sha": digest, "yaml_stat": f"{stat.st_size}:{stat.st_mtime_ns}"})
-        else:
-            with db.write() as conn:
-                synced = db.meta("yaml_seq", conn)
-                db.set_meta(conn, "yaml_seq", "0")  # a foreign file drops nothing
-                db.set_meta(conn, "yaml_sha", "")
-            import_entries(db, entries, {"yaml_sha": "foreign:" + digest})
-            with db.write() as conn:
-                db.set_meta(conn, "yaml_seq", synced or "0")
+        else:  # another file: its entries are merged, nothing is dropped
+            import_entries(db, entries, {"foreign_sha": digest})
         return len(entries)
 
     def backup_unreadable_index(self) -> Path:
@@ -481,6 +476,22 @@ class KeyframeStore:
                         db.insert(conn, keyframe.to_entry())
         except sqlite3.OperationalError as exc:  # read-only folder: they stay keyframes without an entry
             self.notes.append(f"image files without an entry not added to the index ({exc})")
+
+    def has_unindexed(self) -> bool:
+        """Whether image files without an entry lie in the folder (``load`` gives them one)."""
+        db = self.index()
+        with db.read() as conn:
+            return bool(self.unindexed_images(db.named_files(conn)))
+
+    def position(self, keyframe: Keyframe) -> int:
+        """The keyframe's place in the load order (its ``keyframe_index`` after a load)."""
+        db = self.index()
+        with db.read() as conn:
+            row = conn.execute("SELECT seq FROM keyframes WHERE image=? AND state='ok'", (keyframe.image_file,)).fetchone()
+            if row is None:
+                raise UnknownKeyframe(f"keyframe '{keyframe.name}' is not in the index of '{self.directory}'")
+            return int(conn.execute("SELECT count(*) FROM keyframes WHERE state='ok' AND seq < ?",
+                                    (row[0],)).fetchone()[0])
 
     def poll(self) -> StoreChange | None:
         """What other processes committed since the last ``load``/``poll``; None when nothing.

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS keyframes (
     entry TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'ok' CHECK (state IN ('ok', 'writing')),
     owner TEXT,
+    in_yaml INTEGER NOT NULL DEFAULT 0,
     descriptor BLOB
 );
 CREATE INDEX IF NOT EXISTS keyframes_name ON keyframes (name);
@@ -367,17 +368,18 @@ def import_entries(index: KeyframeIndex, entries: list[Any], sync: dict[str, str
     (``sync['yaml_sha']``) was imported or exported already.
 
     An entry updates the row of the same image (first come, first served: an image may be
-    listed twice) or is appended. A row the file does not list is dropped when it existed
-    at the last export/import (the user deleted its entry; its files stay and become a
-    bare keyframe again, as with a hand-edited YAML before), and kept when it was added
-    since (another process's add must not be lost to a stale file)."""
+    listed twice) or is appended. A row the file does not list is dropped when the file
+    knew it (``in_yaml``: set by the last export or import of the folder's own YAML; the
+    user deleted its entry, its files stay and become a bare keyframe again, as with a
+    hand-edited YAML before), and kept when it was added since (another process's add must
+    not be lost to a stale file). A foreign file (no ``yaml_stat``) drops nothing."""
     with index.write() as db:
-        if index.meta("yaml_sha", db) == sync["yaml_sha"]:
+        if "yaml_sha" in sync and index.meta("yaml_sha", db) == sync["yaml_sha"]:
             for key, value in sync.items():
                 index.set_meta(db, key, value)
             return None
-        synced = int(index.meta("yaml_seq", db) or 0)
         rows = index.rows(db=db)
+        known = {i for (i,) in db.execute("SELECT id FROM keyframes WHERE in_yaml=1")}
         by_image: dict[str | None, list[Row]] = {}
         for row in rows:
             by_image.setdefault(_text(row.entry, "image"), []).append(row)
@@ -393,12 +395,15 @@ def import_entries(index: KeyframeIndex, entries: list[Any], sync: dict[str, str
                     index.update(db, row.id, entry)
                     edited = True
             else:
-                index.insert(db, entry)
-        dropped = [row.id for row in rows if row.id not in matched and row.seq <= synced]
+                matched.add(index.insert(db, entry))
+        foreign = "yaml_stat" not in sync
+        dropped = [] if foreign else [row.id for row in rows if row.id not in matched and row.id in known]
         index.delete_rows(db, dropped, [])
         if edited or dropped:
             bump_edits(db)
         for key, value in sync.items():
             index.set_meta(db, key, value)
-        index.set_meta(db, "yaml_seq", str(index.summary(db)[1]))
+        if "yaml_stat" in sync:  # the folder's own keyframes.yaml: it now knows exactly these rows
+            db.execute("UPDATE keyframes SET in_yaml = 0")
+            db.executemany("UPDATE keyframes SET in_yaml = 1 WHERE id=?", [(i,) for i in matched])
         return len(entries)
