@@ -34,6 +34,14 @@ def set_aside(entry: dict[str, Any], key: str, *more: str) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k not in moved} | {f"invalid_{k}": entry[k] for k in moved if k in entry}
 
 
+def is_file(path: Path) -> bool:
+    """``Path.is_file`` that says False for a name the file system refuses (ENAMETOOLONG, EACCES)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def free_name(target: Path) -> Path:
     """``target``, or ``<stem>-2<suffix>``, ``-3``...: a file set aside never replaces another."""
     candidate, n = target, 1
@@ -175,7 +183,7 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
 
     images = {str(e["image"]) for e in entries if isinstance(e, dict) and "image" in e}
     images |= {p.name for p in store.unindexed_images(set())}
-    in_use = {cache_file_name(root, f) for f in images if (root / f).is_file()}
+    in_use = {cache_file_name(root, f) for f in images if is_file(root / f)}
     for folder in cache_folders:
         for path in sorted(folder.rglob("*.pt")):
             if path.relative_to(folder).as_posix() not in in_use:

@@ -107,7 +107,7 @@ def owner_alive(owner: str | None) -> bool:
 
 
 def entry_json(entry: dict[str, Any] | Any) -> str:
-    return json.dumps(entry, default=str, allow_nan=False)  # YAML dates become text; NaN is refused
+    return json.dumps(entry, default=str)  # YAML dates become text; NaN and inf round-trip (Python json)
 
 
 def entry_position(entry: Any) -> tuple[float, float, float] | None:
