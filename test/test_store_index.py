@@ -259,3 +259,31 @@ def test_a_symlinked_or_foreign_database_is_refused_with_a_clear_error(tmp_path)
     store = KeyframeStore(kf)
     assert [k.name for k in store.load()] == ["a"] and "cannot be used as the keyframe index" in store.warnings[0]
     assert main(["add", str(kf / "a.png"), "--dir", str(kf)]) == 2
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "keyframes.md"
+
+
+def test_the_documented_commands_run_and_the_documented_schema_is_the_code(tmp_path, capsys, monkeypatch):
+    import re
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    save_rgb(tmp_path / "photo.png", np.full((480, 640, 3), 90, np.uint8))
+    save_depth(tmp_path / "d.png", np.full((480, 640), 1.25, np.float32))
+    block = DOC.read_text().split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    for line in block.strip().splitlines():
+        command = line.split("#", 1)[0].replace("~/map", str(tmp_path / "map")).replace("[--repair]", "--repair")
+        argv = shlex.split(command)
+        assert argv[0] == "roma-keyframes"
+        assert main(argv[1:]) == 0, (line, capsys.readouterr())
+    assert (tmp_path / "map" / "keyframes.yaml").is_file()
+    store = KeyframeStore(tmp_path / "map")
+    store.load()
+    schema = DOC.read_text().split("## Schema", 1)[1]
+    assert f"(version {index_module.SCHEMA_VERSION})" in schema.splitlines()[0]
+    db = store.index()._conn
+    for table in ("meta", "keyframes", "pending_deletes", "positions"):
+        columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+        documented = re.search(rf"CREATE (?:VIRTUAL )?TABLE {table} .*?\);", schema, re.S).group(0)
+        assert all(re.search(rf"\b{c}\b", documented) for c in columns), (table, columns)
