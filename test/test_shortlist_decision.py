@@ -28,6 +28,20 @@ def test_shortlist_orders_by_cosine_and_clips_top_k():
     assert shortlist(None, None, 3, 4) == ([0, 1, 2, 3], [None] * 4)  # no descriptors: every keyframe
 
 
+def test_partial_sort_shortlist_equals_the_full_sort_and_does_not_sort_everything(monkeypatch):
+    rng = np.random.default_rng(3)
+    descriptors = rng.standard_normal((20000, 64)).astype(np.float16)  # float16 kept in memory is fine
+    query = rng.standard_normal(64).astype(np.float32)
+    similarity = descriptors @ query.astype(np.float16)
+    expected = np.argsort(-similarity, kind="stable")[:7].tolist()
+    calls = []
+    real = np.argsort
+    monkeypatch.setattr(np, "argsort", lambda a, *args, **kw: calls.append(len(a)) or real(a, *args, **kw))
+    indices, sims = shortlist(descriptors, query, 7, len(descriptors))
+    assert indices == expected and sims == sorted(sims, reverse=True)
+    assert all(n <= 7 for n in calls)  # no O(N log N) sort of all 20 000
+
+
 @pytest.fixture(scope="module")
 def roma_reloc(roma_model):
     matcher = RomaMatcher(roma_config(num_samples=500), model=roma_model)

@@ -72,11 +72,14 @@ def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: i
     all of them, in store order, when there are no descriptors."""
     if descriptors is None or query is None:
         return list(range(count)), [None] * count
-    similarity = descriptors @ query
-    order = np.argsort(-similarity, kind="stable")
-    if top_k:
-        order = order[:top_k]
-    return order.tolist(), similarity[order].tolist()
+    similarity = descriptors @ query.astype(descriptors.dtype, copy=False)
+    if top_k and top_k < count:
+        # A partial sort: O(N) to find the top_k, then only those are ordered (ties by index).
+        top = np.argpartition(-similarity, top_k - 1)[:top_k]
+        order = top[np.lexsort((top, -similarity[top]))]
+    else:
+        order = np.argsort(-similarity, kind="stable")
+    return order.tolist(), similarity[order].astype(float).tolist()
 
 
 @dataclass
