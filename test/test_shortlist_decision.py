@@ -131,3 +131,19 @@ def test_unrelated_query_rejected_matching_one_accepted():
 def test_bad_decision_settings(bad):
     with pytest.raises(ValueError):
         DecisionConfig(**bad).validate()
+
+
+def test_classical_shortlist_applies_top_k_with_a_vocabulary_from_the_map():
+    pairs = {name: make_pair(name, seed=11 + i) for i, name in enumerate(PHOTOS)}
+    reloc = Relocalizer(ClassicalMatcher(), DecisionConfig(top_k=2, threshold=1.0, min_inliers=20))
+    reloc.set_keyframes([keyframe(name, p.candidate) for name, p in pairs.items()])
+    for i, p in enumerate(pairs.values()):
+        result = reloc.process(p.query)
+        assert len(result.candidates) == 2  # not all 6: top_k applies to the classical matcher
+        assert result.candidates[0].index == i and result.accepted and result.best.index == i
+    # A map built one add at a time from empty gets its vocabulary once it has enough features.
+    grown = Relocalizer(ClassicalMatcher(), DecisionConfig(top_k=2, threshold=1.0, min_inliers=20))
+    for name, p in pairs.items():
+        grown.add_keyframe(keyframe(name, p.candidate))
+    assert grown._descriptors_matrix is not None and grown._descriptors_matrix.shape == (6, 4096)
+    assert len(grown.process(pairs["rocket"].query).candidates) == 2

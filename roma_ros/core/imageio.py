@@ -62,13 +62,21 @@ def quiet_opencv() -> Iterator[list[str]]:
         cv2.utils.logging.setLogLevel(previous)
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header, without decoding its pixels (Pillow reads the
-    header only); None when Pillow does not know the format (OpenCV may still)."""
+# Compression cannot pack more than ~1000 pixels into a byte (deflate's limit is 1032:1, for
+# a one-byte gray pixel), so a file smaller than max_pixels / 2000 bytes cannot exceed the
+# bound and skips the header parse (it costs more than decoding a thumbnail).
+MAX_PIXELS_PER_BYTE = 2000
+
+
+def header_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding its pixels (Pillow reads
+    the header only); None when Pillow does not know the format (OpenCV may still)."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(memoryview(data))) as image:
             return image.size
     except Image.DecompressionBombError:
         return (1 << 16, 1 << 16)  # Pillow's own bomb limit: far over any keyframe bound
@@ -96,13 +104,13 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = 0) -> np.ndarray:
     try:
         if not path.is_file():
             raise ImageFileError(f"image file '{path}' does not exist")
-        if max_pixels:
-            size = header_size(path)
-            if size is not None:
-                check_pixels((size[1], size[0]), max_pixels, f"image file '{path}'")
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:  # ENAMETOOLONG from is_file(), PermissionError, EIO...
         raise ImageFileError(f"image file '{path}' cannot be read: {exc.strerror or exc}") from None
+    if max_pixels and data.size * MAX_PIXELS_PER_BYTE > max_pixels:
+        size = header_size(data)
+        if size is not None:
+            check_pixels((size[1], size[0]), max_pixels, f"image file '{path}'")
     if data.size == 0:
         raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
     with quiet_opencv() as codec:

@@ -137,6 +137,9 @@ class Relocalizer:
         with self._compute:
             self.cache = cache
             prepared = [self._prepare(k) for k in keyframes]
+            fit = getattr(self.matcher, "fit_vocabulary", None)
+            if fit is not None:  # a vocabulary from the map (classical VLAD), so the shortlist applies
+                fit(prepared)
             descriptors = self._descriptors(prepared)
         with self._lock:
             self.keyframes, self._prepared, self._descriptors_matrix = list(keyframes), prepared, descriptors
@@ -145,7 +148,19 @@ class Relocalizer:
         with self._compute:
             prepared = self._prepare(keyframe)
             descriptor = self.matcher.describe(prepared)
+            fit = getattr(self.matcher, "fit_vocabulary", None)
+            refit = None
+            if descriptor is None and fit is not None:  # a map too small for a vocabulary so far
+                with self._lock:
+                    everything = [*self._prepared, prepared]
+                fit(everything)
+                refit = self._descriptors(everything)
         with self._lock:
+            if refit is not None and len(refit) == len(self._prepared) + 1:
+                self.keyframes.append(keyframe)
+                self._prepared.append(prepared)
+                self._descriptors_matrix = refit
+                return len(self.keyframes) - 1
             # The shortlist needs a descriptor for every keyframe (an empty store has none).
             all_described = self._descriptors_matrix is not None or not self.keyframes
             self.keyframes.append(keyframe)

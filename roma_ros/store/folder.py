@@ -32,7 +32,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -567,10 +567,13 @@ class KeyframeStore:
         name = cache_file_name(self.directory, image_file)
         return [f for f in (folder / name for folder in folders) if f.is_file()]
 
-    def _unique_name(self, wanted: str, taken: set[str]) -> str:
+    def _unique_name(self, wanted: str, taken: set[str] | Callable[[str], bool]) -> str:
+        """A file-safe name that no keyframe has and no image file uses; ``taken`` is a set
+        or a lookup (the index's, so an add does not read every name of a large map)."""
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", wanted).strip("._")[:MAX_NAME_CHARS] or "keyframe"
+        is_taken = taken.__contains__ if isinstance(taken, set) else taken
         name, n = base, 1
-        while name in taken or (self.directory / f"{name}.png").exists():
+        while is_taken(name) or (self.directory / f"{name}.png").exists():
             n += 1
             name = f"{base}_{n}"
         return name
@@ -604,8 +607,9 @@ class KeyframeStore:
         integer = depth is not None and np.asarray(depth).dtype == np.uint16
         scale = parse_depth_scale(depth_scale, "depth_scale") if integer else None
         with db.write() as conn:
+            avoid = {k.name for k in existing}
             name = self._unique_name(name or now.strftime("kf_%Y%m%d_%H%M%S_%f"),
-                                     db.names(conn) | {k.name for k in existing})
+                                     lambda n: n in avoid or db.has_name(conn, n))
             keyframe = Keyframe(name=name, image_file=f"{name}.png", image=image, pose=pose, intrinsics=intrinsics,
                                 added=now.isoformat(timespec="seconds"))
             if depth is not None:

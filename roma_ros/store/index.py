@@ -233,6 +233,11 @@ class KeyframeIndex:
     def names(self, db: sqlite3.Connection) -> set[str]:
         return {n for (n,) in db.execute("SELECT name FROM keyframes") if n}
 
+    @staticmethod
+    def has_name(db: sqlite3.Connection, name: str) -> bool:
+        """One index lookup (keyframes_name), not a read of every name."""
+        return db.execute("SELECT 1 FROM keyframes WHERE name=? LIMIT 1", (name,)).fetchone() is not None
+
     def within(self, position: tuple[float, float, float], radius: float) -> list[int]:
         """``seq`` of the keyframes whose position lies within ``radius`` of ``position`` (R*Tree
         box query, then the exact distance), nearest first."""
