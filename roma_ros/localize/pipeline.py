@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from roma_ros.localize.features import FeatureLRU
 from roma_ros.localize.geometry import Verification, check_ransac_config, verify_fundamental_subset
 from roma_ros.matching.base import Matcher, Matches
 from roma_ros.localize.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
@@ -101,21 +102,28 @@ class QueryResult:
 
 
 class Relocalizer:
-    """Keeps the keyframes with their prepared features and answers queries.
+    """Keeps the keyframes with their global descriptors and answers queries.
 
-    Thread-safe: the node's worker calls ``process`` while services add or reload
-    keyframes.
+    Dense features live in a FeatureLRU of at most ``feature_memory_mb`` (0 = no bound):
+    a query touches only its shortlist's, prepared again (from the disk cache where there
+    is one) when they were evicted. Thread-safe: the node's worker calls ``process`` while
+    services add or reload keyframes.
     """
 
+    VOCABULARY_KEYFRAMES = 500  # a classical vocabulary is learnt from at most this many keyframes
+
     def __init__(self, matcher: Matcher, decision: DecisionConfig | None = None,
-                 pose_config: PoseConfig | None = None) -> None:
+                 pose_config: PoseConfig | None = None, feature_memory_mb: float = 0.0) -> None:
         self.matcher = matcher
         self.decision = decision or DecisionConfig()
         self.decision.validate()
         self.pose_config = pose_config or PoseConfig()
         self.pose_config.validate()
+        if not feature_memory_mb >= 0:
+            raise ValueError(f"feature_memory_mb={feature_memory_mb} must be >= 0 (0 = no bound)")
+        self.feature_budget = int(feature_memory_mb * 2**20)
         self.keyframes: list[Keyframe] = []
-        self._prepared: list[Any] = []
+        self.features = FeatureLRU(self.feature_budget)
         self.cache: FeatureCache | None = None
         self._descriptors_matrix: np.ndarray | None = None
         self._lock = threading.Lock()  # guards the lists
@@ -133,16 +141,26 @@ class Relocalizer:
         return np.stack(described).astype(np.float32)
 
     def set_keyframes(self, keyframes: list[Keyframe], cache: FeatureCache | None = None) -> None:
-        """Use these keyframes; with a cache, features come from disk where possible."""
+        """Use these keyframes; with a cache, features come from disk where possible. Only
+        their descriptors are kept for all; dense features while the budget allows."""
+        features = FeatureLRU(self.feature_budget)
         with self._compute:
             self.cache = cache
-            prepared = [self._prepare(k) for k in keyframes]
             fit = getattr(self.matcher, "fit_vocabulary", None)
+            sample: dict[int, Any] = {}
             if fit is not None:  # a vocabulary from the map (classical VLAD), so the shortlist applies
-                fit(prepared)
-            descriptors = self._descriptors(prepared)
+                step = max(1, len(keyframes) // self.VOCABULARY_KEYFRAMES)
+                sample = {i: self._prepare(keyframes[i]) for i in range(0, len(keyframes), step)}
+                fit(list(sample.values()))
+            described: list[Any] = []
+            for i, keyframe in enumerate(keyframes):
+                prepared = sample.pop(i) if i in sample else self._prepare(keyframe)
+                described.append(self.matcher.describe(prepared))
+                features.put(i, prepared)
+            descriptors = (None if not described or any(d is None for d in described)
+                           else np.stack(described).astype(np.float32))
         with self._lock:
-            self.keyframes, self._prepared, self._descriptors_matrix = list(keyframes), prepared, descriptors
+            self.keyframes, self.features, self._descriptors_matrix = list(keyframes), features, descriptors
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
         with self._compute:
@@ -152,25 +170,26 @@ class Relocalizer:
             refit = None
             if descriptor is None and fit is not None:  # a map too small for a vocabulary so far
                 with self._lock:
-                    everything = [*self._prepared, prepared]
-                fit(everything)
-                refit = self._descriptors(everything)
+                    known, features = list(self.keyframes), self.features
+                everything = [features.get(i, lambda k=k: self._prepare(k)) for i, k in enumerate(known)]
+                fit([*everything, prepared])
+                refit = self._descriptors([*everything, prepared])
         with self._lock:
-            if refit is not None and len(refit) == len(self._prepared) + 1:
+            index = len(self.keyframes)
+            self.features.put(index, prepared)
+            if refit is not None and len(refit) == index + 1:
                 self.keyframes.append(keyframe)
-                self._prepared.append(prepared)
                 self._descriptors_matrix = refit
-                return len(self.keyframes) - 1
+                return index
             # The shortlist needs a descriptor for every keyframe (an empty store has none).
             all_described = self._descriptors_matrix is not None or not self.keyframes
             self.keyframes.append(keyframe)
-            self._prepared.append(prepared)
             if descriptor is None or not all_described:
                 self._descriptors_matrix = None
             else:
                 rows = [] if self._descriptors_matrix is None else [self._descriptors_matrix]
                 self._descriptors_matrix = np.vstack(rows + [descriptor[None].astype(np.float32)])
-            return len(self.keyframes) - 1
+            return index
 
     def set_decision(self, decision: DecisionConfig) -> None:
         decision.validate()
@@ -184,7 +203,7 @@ class Relocalizer:
         """Match ``query`` (RGB) against the keyframes; ``query_camera`` (its intrinsics) enables
         the metric pose against an accepted keyframe with depth and intrinsics."""
         with self._lock:
-            keyframes, prepared, decision = list(self.keyframes), list(self._prepared), self.decision
+            keyframes, features, decision = list(self.keyframes), self.features, self.decision
             descriptors, pose_config = self._descriptors_matrix, self.pose_config
         timings: dict[str, float] = {}
         if not keyframes:
@@ -198,7 +217,10 @@ class Relocalizer:
             indices, similarities = shortlist(descriptors, query_descriptor, decision.top_k, len(keyframes))
             timings["shortlist"] = time.perf_counter() - start
             start = time.perf_counter()
-            all_matches = self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices])
+            prepared = [features.get(i, lambda k=keyframes[i]: self._prepare(k)) for i in indices]
+            timings["fetch"] = time.perf_counter() - start  # dense features of the shortlist (LRU)
+            start = time.perf_counter()
+            all_matches = self.matcher.match_prepared(query_prepared, prepared)
             timings["match"] = time.perf_counter() - start
         start = time.perf_counter()
         verifications = verify_all(all_matches, decision)

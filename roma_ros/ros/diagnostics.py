@@ -52,12 +52,22 @@ class DiagnosticsMixin:
             **self.pose_status,
             "pose_frame": self.values["base_frame"] if self.values["camera_to_base"] else "camera optical frame",
             "query_intrinsics": self._intrinsics_source(),
+            **self._feature_status(),
         }
         message = f"{self.state}; {health_text}" if health_text else self.state
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: relocalization",
                                   message=message, hardware_id=values["device"],
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+
+    def _feature_status(self) -> dict[str, str]:
+        """The dense-feature LRU (feature_memory_mb): hits, misses, evictions, held MB."""
+        if self.relocalizer is None:
+            return {}
+        lru = self.relocalizer.features
+        return {"feature_hits": str(lru.stats.hits), "feature_misses": str(lru.stats.misses),
+                "feature_evictions": str(lru.stats.evictions), "feature_held": str(len(lru)),
+                "feature_memory_mb": f"{lru.bytes / 2**20:.1f}"}
 
     def _intrinsics_source(self) -> str:
         if self._camera_info is not None:

@@ -41,7 +41,8 @@ class WorkerMixin:
             config = P.matcher_config(self.values)
             self.get_logger().info(f"loading {config.model} on {config.device} ...")
             matcher = self._injected_matcher or build_matcher(config)
-            self.relocalizer = Relocalizer(matcher, P.decision_config(self.values), P.pose_config(self.values))
+            self.relocalizer = Relocalizer(matcher, P.decision_config(self.values), P.pose_config(self.values),
+                                           feature_memory_mb=float(self.values["feature_memory_mb"]))
             if self.values["warmup"] and config.model != "classical":
                 dummy = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
                 matcher.match(dummy, dummy)
