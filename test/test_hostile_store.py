@@ -120,9 +120,9 @@ def test_5_keyframe_images_have_a_pixel_bound(tmp_path, monkeypatch):
     store = KeyframeStore(kf)
     keyframes = store.load()
     assert [k.name for k in keyframes] == ["a"] and len(decoded) == 1  # refused from its header, never decoded
-    assert "huge.png' is 4000x3000 (12.0 MP), over the limit of 8.8 MP (max_image_pixels): downscale it" \
+    assert "huge.png' is 4000x3000 (12.0 MP), over the keyframe pixel bound of 8.8 MP: downscale it" \
         in store.warnings[0]
-    with pytest.raises(ValueError, match="over the limit"):
+    with pytest.raises(ValueError, match="over the keyframe pixel bound"):
         KeyframeStore(kf, max_pixels=100).add(picture(3), [])
     assert [k.name for k in KeyframeStore(kf, max_pixels=12_000_000).load()] == ["a", "huge"]
 

@@ -84,13 +84,12 @@ def header_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
         return None
 
 
-def check_pixels(shape: tuple[int, ...], max_pixels: int, what: str) -> None:
+def check_pixels(shape: tuple[int, ...], max_pixels: int, what: str, bound: str = "the keyframe pixel bound") -> None:
     """ImageFileError when an (H, W, ...) image has more than ``max_pixels`` pixels (0 = no bound)."""
     height, width = int(shape[0]), int(shape[1])
     if max_pixels and width * height > max_pixels:
-        raise ImageFileError(f"{what} is {width}x{height} ({width * height / 1e6:.1f} MP), over the limit of "
-                             f"{max_pixels / 1e6:.1f} MP (max_image_pixels): downscale it, e.g. "
-                             f"`convert IN -resize {max_pixels}@ OUT`, or raise max_image_pixels")
+        raise ImageFileError(f"{what} is {width}x{height} ({width * height / 1e6:.1f} MP), over {bound} of "
+                             f"{max_pixels / 1e6:.1f} MP: downscale it, e.g. `convert IN -resize {max_pixels}@ OUT`")
 
 
 def load_rgb(path: str | os.PathLike, max_pixels: int = 0) -> np.ndarray:

@@ -208,8 +208,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (wall clock)",
               minimum=0.01, maximum=60.0),
     ParamSpec("max_image_pixels", 4096 * 2160, "query frames with more pixels (width x height) are rejected as "
-              "bad frames before decoding or copying (bounded memory, decompression bombs); keyframe images "
-              "with more are skipped at (re)load with a warning, and refused by ~/add_keyframe; default: 4K",
+              "bad frames before decoding or copying (bounded memory, decompression bombs); default: 4K",
               live=True, minimum=32 * 32),
 )
 SPECS = {p.name: p for p in PARAMS}
