@@ -102,3 +102,38 @@ def test_the_lru_counts_hits_misses_and_keeps_nothing_larger_than_the_budget():
     assert lru.bytes == 800 and len(lru) == 2 and lru.stats.evictions == 1  # b went, big was never kept
     with pytest.raises(ValueError, match="feature_memory_mb"):
         Relocalizer(TensorMatcher(), feature_memory_mb=-1)
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, places: int = 500) -> np.ndarray:
+    """Descriptors as places seen several times: a centre per place plus noise, unit length."""
+    centres = rng.standard_normal((places, dim)).astype(np.float32)
+    rows = centres[rng.integers(0, places, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_faiss_beyond_its_threshold_keeps_recall_and_takes_appends():
+    pytest.importorskip("faiss")
+    from roma_ros.localize.descriptors import DescriptorIndex, recall_vs_exact
+
+    rng = np.random.default_rng(5)
+    rows = clustered(20000, 128, rng)
+    index = DescriptorIndex.of(rows[:19000], faiss_min=5000)
+    assert index.uses_faiss()
+    queries = rows[rng.integers(0, 19000, 50)] + 0.3 * rng.standard_normal((50, 128)).astype(np.float32)
+    assert recall_vs_exact(index, queries, 5) >= 0.9
+    for row in rows[19000:]:  # appends after the build are found too
+        index.append(row)
+    assert index.search(rows[19999], 1)[0] == [19999] and len(index) == 20000
+    small = DescriptorIndex.of(rows[:100], faiss_min=5000)
+    assert not small.uses_faiss() and recall_vs_exact(small, queries, 5) == 1.0  # exact below it
+
+
+def test_relocalizer_adds_descriptors_in_place_not_by_copying_the_matrix():
+    reloc = Relocalizer(TensorMatcher(), DecisionConfig(top_k=2, min_inliers=0), feature_memory_mb=1)
+    grown = []
+    for i in range(300):
+        reloc.add_keyframe(keyframe(f"k{i}", np.full((8, 8, 3), i % 250, np.uint8)))
+        grown.append(id(reloc._descriptors._buffer))
+    assert len(set(grown)) <= 6  # the buffer doubles: a handful of copies for 300 adds, not 300
+    assert reloc._descriptors_matrix.shape == (300, 16)
+    assert len(reloc.process(np.full((8, 8, 3), 7, np.uint8)).candidates) == 2

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from roma_ros.localize.descriptors import DescriptorIndex, exact_top
 from roma_ros.localize.features import FeatureLRU
 from roma_ros.localize.geometry import Verification, check_ransac_config, verify_fundamental_subset
 from roma_ros.matching.base import Matcher, Matches
@@ -67,20 +68,21 @@ class CandidateResult:
         return self.inliers * (1.0 if overlap is None else overlap)
 
 
-def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: int,
+def shortlist(descriptors: np.ndarray | DescriptorIndex | None, query: np.ndarray | None, top_k: int,
               count: int) -> tuple[list[int], list[float | None]]:
-    """Indices of the top_k of ``count`` keyframes by cosine similarity of unit descriptors;
-    all of them, in store order, when there are no descriptors."""
+    """Indices of the top_k of ``count`` keyframes by cosine similarity of unit descriptors
+    (a partial sort, or FAISS on a large DescriptorIndex); all of them, in store order, when
+    there are no descriptors. Rows beyond ``count`` (added since the caller's snapshot) are
+    left out."""
     if descriptors is None or query is None:
         return list(range(count)), [None] * count
-    similarity = descriptors @ query.astype(descriptors.dtype, copy=False)
-    if top_k and top_k < count:
-        # A partial sort: O(N) to find the top_k, then only those are ordered (ties by index).
-        top = np.argpartition(-similarity, top_k - 1)[:top_k]
-        order = top[np.lexsort((top, -similarity[top]))]
+    if isinstance(descriptors, DescriptorIndex):
+        indices, similarities = descriptors.search(query, top_k)
     else:
-        order = np.argsort(-similarity, kind="stable")
-    return order.tolist(), similarity[order].astype(float).tolist()
+        order, similarity = exact_top(descriptors, query, top_k)
+        indices, similarities = order.tolist(), similarity.astype(float).tolist()
+    kept = [(i, s) for i, s in zip(indices, similarities) if i < count]
+    return [i for i, _ in kept], [s for _, s in kept]
 
 
 @dataclass
@@ -125,7 +127,7 @@ class Relocalizer:
         self.keyframes: list[Keyframe] = []
         self.features = FeatureLRU(self.feature_budget)
         self.cache: FeatureCache | None = None
-        self._descriptors_matrix: np.ndarray | None = None
+        self._descriptors: DescriptorIndex | None = None
         self._lock = threading.Lock()  # guards the lists
         self._compute = threading.Lock()  # one model call at a time (queries vs. keyframe additions)
 
@@ -134,11 +136,16 @@ class Relocalizer:
             return self.matcher.prepare(keyframe.image)
         return self.cache.prepare(self.matcher, keyframe.image_file, keyframe.image)
 
-    def _descriptors(self, prepared: list[Any]) -> np.ndarray | None:
+    @property
+    def _descriptors_matrix(self) -> np.ndarray | None:
+        """All keyframes' descriptors (N, D), or None when some keyframe has none."""
+        return None if self._descriptors is None else self._descriptors.matrix
+
+    def _describe_all(self, prepared: list[Any]) -> DescriptorIndex | None:
         described = [self.matcher.describe(p) for p in prepared]
         if not described or any(d is None for d in described):
             return None
-        return np.stack(described).astype(np.float32)
+        return DescriptorIndex.of(np.stack(described).astype(np.float32))
 
     def set_keyframes(self, keyframes: list[Keyframe], cache: FeatureCache | None = None) -> None:
         """Use these keyframes; with a cache, features come from disk where possible. Only
@@ -158,9 +165,9 @@ class Relocalizer:
                 described.append(self.matcher.describe(prepared))
                 features.put(i, prepared)
             descriptors = (None if not described or any(d is None for d in described)
-                           else np.stack(described).astype(np.float32))
+                           else DescriptorIndex.of(np.stack(described).astype(np.float32)))
         with self._lock:
-            self.keyframes, self.features, self._descriptors_matrix = list(keyframes), features, descriptors
+            self.keyframes, self.features, self._descriptors = list(keyframes), features, descriptors
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
         with self._compute:
@@ -173,22 +180,23 @@ class Relocalizer:
                     known, features = list(self.keyframes), self.features
                 everything = [features.get(i, lambda k=k: self._prepare(k)) for i, k in enumerate(known)]
                 fit([*everything, prepared])
-                refit = self._descriptors([*everything, prepared])
+                refit = self._describe_all([*everything, prepared])
         with self._lock:
             index = len(self.keyframes)
             self.features.put(index, prepared)
             if refit is not None and len(refit) == index + 1:
                 self.keyframes.append(keyframe)
-                self._descriptors_matrix = refit
+                self._descriptors = refit
                 return index
             # The shortlist needs a descriptor for every keyframe (an empty store has none).
-            all_described = self._descriptors_matrix is not None or not self.keyframes
+            all_described = self._descriptors is not None or not self.keyframes
             self.keyframes.append(keyframe)
             if descriptor is None or not all_described:
-                self._descriptors_matrix = None
-            else:
-                rows = [] if self._descriptors_matrix is None else [self._descriptors_matrix]
-                self._descriptors_matrix = np.vstack(rows + [descriptor[None].astype(np.float32)])
+                self._descriptors = None
+            elif self._descriptors is None:
+                self._descriptors = DescriptorIndex.of(np.asarray(descriptor, np.float32)[None])
+            else:  # in place, O(d): a query's snapshot ignores rows beyond its keyframe list
+                self._descriptors.append(np.asarray(descriptor, np.float32))
             return index
 
     def set_decision(self, decision: DecisionConfig) -> None:
@@ -204,7 +212,7 @@ class Relocalizer:
         the metric pose against an accepted keyframe with depth and intrinsics."""
         with self._lock:
             keyframes, features, decision = list(self.keyframes), self.features, self.decision
-            descriptors, pose_config = self._descriptors_matrix, self.pose_config
+            descriptors, pose_config = self._descriptors, self.pose_config
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
