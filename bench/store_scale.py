@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     work = Path(tempfile.mkdtemp(prefix="store_scale_"))
-    print("store scale: SYNTHETIC images (16x12 random PNG), rows written directly to the index, random "
-          f"{args.dim}-d float32 descriptors; adds, loads and polls are real KeyframeStore calls (2-core machine)")
+    print("store scale: SYNTHETIC images (16x12 random PNG), rows written directly to the index, clustered "
+          f"{args.dim}-d float32 descriptors, random RoMa-sized cache files; adds, loads and polls are real KeyframeStore calls (2-core machine)")
     rows = []
     try:
         for n in sorted(int(v) for v in args.ns.split(",")):
