@@ -256,3 +256,29 @@ def test_add_with_depth_writes_lossless_files_and_reloads_them(tmp_path, monkeyp
         store.add(image(3), keyframes, name="bad", intrinsics={"fx": 0, "fy": 1, "cx": 1, "cy": 1})
     assert not (tmp_path / "kf" / "bad.png").exists() and not (tmp_path / "kf" / "depth" / "bad.png").exists()
     assert check_store(store) == []
+
+
+def test_a_lazy_store_holds_no_pixels_and_reads_them_on_access(tmp_path):
+    from roma_ros.store import save_depth
+
+    save_rgb(tmp_path / "a.png", image(10))
+    save_rgb(tmp_path / "b.png", image(20))
+    save_depth(tmp_path / "a_depth.tiff", ramp_depth())
+    save_depth(tmp_path / "small.tiff", ramp_depth(10, 15))
+    intrinsics = {"fx": 500.0, "fy": 500.0, "cx": 14.5, "cy": 9.5}
+    pose = {"position": [1, 2, 3], "orientation": [0, 0, 0, 1]}
+    (tmp_path / "keyframes.yaml").write_text(yaml.safe_dump({"keyframes": [
+        {"name": "a", "image": "a.png", "depth": "a_depth.tiff", "intrinsics": intrinsics, "pose": pose},
+        {"name": "b", "image": "b.png", "depth": "small.tiff", "intrinsics": intrinsics, "pose": pose},
+    ]}))
+    eager = KeyframeStore(tmp_path).load()
+    store = KeyframeStore(tmp_path, lazy=True)
+    lazy = store.load()
+    assert [k.name for k in lazy] == ["a", "b"] and len(store.warnings) == 1  # b's depth: wrong size, from the header
+    assert "small.tiff' is 15x10 but its image is 30x20" in store.warnings[0]
+    assert all(k.__dict__["_image"] is None and k.__dict__["_depth"] is None for k in lazy)  # nothing held
+    assert lazy[0].posable and not lazy[1].posable
+    np.testing.assert_array_equal(lazy[0].image, eager[0].image)
+    np.testing.assert_array_equal(lazy[0].depth, eager[0].depth)
+    added = store.add(image(30), lazy, name="c", depth=ramp_depth())
+    assert added.__dict__["_image"] is None and int(added.image[0, 0, 0]) == 30 and added.depth is not None

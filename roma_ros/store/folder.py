@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from roma_ros.core.imageio import (
-    ImageFileError, check_pixels, fsync_dir, load_rgb, make_dirs_durably, replace_durably, save_rgb,
+    ImageFileError, check_pixels, fsync_dir, header_size, load_rgb, make_dirs_durably, replace_durably, save_rgb,
 )
 from roma_ros.core.camera import DISTORTION_LENGTHS
 from roma_ros.store.depth import DepthFileError, check_registered, check_scale, load_depth, save_depth, to_metres
@@ -67,16 +67,24 @@ class Keyframe:
     intrinsics: dict[str, Any] | None = None
     added: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # Depth registered to ``image``: float32 metres, NaN = unknown. Kept decoded in memory
-    # (1.2 MB at 640x480, less than the keyframe's RoMa features) so a pose costs no file read.
+    # Depth registered to ``image``: float32 metres, NaN = unknown.
     depth: np.ndarray | None = None
     depth_file: str | None = None  # relative to the store folder, as in keyframes.yaml
     depth_scale: float | None = None  # metres per stored unit; None = the file type's default
+    # A lazy keyframe (KeyframeStore(..., lazy=True)) holds no pixels: ``image`` and ``depth``
+    # are read from ``source / image_file`` (``depth_file``) on each access, so a map's memory
+    # does not grow with its images (0.9 MB RGB + 1.2 MB depth per 640x480 keyframe).
+    source: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def posable(self) -> bool:
         """Has everything a metric query pose needs from the keyframe side."""
-        return self.depth is not None and self.intrinsics is not None and self.pose is not None
+        return self.has_depth and self.intrinsics is not None and self.pose is not None
+
+    @property
+    def has_depth(self) -> bool:
+        """Whether ``depth`` gives a map, without reading it."""
+        return self.__dict__.get("_depth") is not None or (self.source is not None and self.depth_file is not None)
 
     def to_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "image": self.image_file}
@@ -91,6 +99,32 @@ class Keyframe:
         if self.added:
             entry["added"] = self.added
         return {**self.extra, **entry}
+
+
+def _image_get(self: Keyframe) -> np.ndarray:
+    held = self.__dict__.get("_image")
+    if held is None and self.source is not None:
+        return load_rgb(self.source / self.image_file, max_pixels=MAX_KEYFRAME_PIXELS)
+    return held
+
+
+def _depth_get(self: Keyframe) -> np.ndarray | None:
+    held = self.__dict__.get("_depth")
+    if held is None and self.source is not None and self.depth_file is not None:
+        return load_depth(self.source / self.depth_file, self.depth_scale)
+    return held
+
+
+def _setter(name: str):
+    def store(self: Keyframe, value: Any) -> None:
+        self.__dict__[name] = None if isinstance(value, property) else value
+    return store
+
+
+# After the dataclass is made, so that its __init__ assigns through these (a property as a
+# field's default would be taken for the value).
+Keyframe.image = property(_image_get, _setter("_image"), doc="RGB uint8, read from disk when lazy")  # type: ignore
+Keyframe.depth = property(_depth_get, _setter("_depth"), doc="metres, NaN unknown; read when lazy")  # type: ignore
 
 
 class UnknownKeyframe(KeyError):
@@ -203,6 +237,47 @@ def read_entry_depth(directory: Path, entry: dict[str, Any], image_shape: tuple[
     return depth
 
 
+def probe_image(path: Path, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of an image file from its header, with load_rgb's checks (exists,
+    readable, pixel bound); a format Pillow cannot parse is decoded once instead."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError as exc:
+        raise ImageFileError(f"image file '{path}' cannot be read: {exc.strerror or exc}") from None
+    if not head:
+        raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
+    size = header_size(np.frombuffer(head, np.uint8))
+    if size is None:
+        return load_rgb(path, max_pixels=max_pixels).shape[:2]
+    check_pixels((size[1], size[0]), max_pixels, f"image file '{path}'")
+    return size[1], size[0]
+
+
+def probe_entry_depth(directory: Path, entry: dict[str, Any], image_shape: tuple[int, ...] | None,
+                      where: str) -> bool:
+    """Whether the entry has a depth file that fits its image, from the file's header
+    (lazy load); DepthFileError / ValueError as read_entry_depth."""
+    if entry.get("depth") is None:
+        return False
+    parse_depth_scale(entry.get("depth_scale"), where)
+    path = directory / str(entry["depth"])
+    try:
+        if path.suffix.lower() == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        else:
+            with open(path, "rb") as handle:
+                size = header_size(np.frombuffer(handle.read(1 << 16), np.uint8))
+            shape = None if size is None else (size[1], size[0])
+    except (OSError, ValueError, EOFError) as exc:
+        raise DepthFileError(f"depth file '{path}' cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if shape is None:  # not parseable from the header: read it once to check
+        shape = load_depth(path, parse_depth_scale(entry.get("depth_scale"), where)).shape
+    if image_shape is not None:
+        check_registered(shape, image_shape, f"depth file '{path}'", image="its image")
+    return True
+
+
 def indexed_files(entries: list[Any]) -> set[str]:
     """Files the index names (images and depth maps): never taken for unindexed keyframe images."""
     files = set()
@@ -229,13 +304,17 @@ class KeyframeStore:
     migrated on its first open this way), and written by ``export_yaml``.
     """
 
-    def __init__(self, directory: str | Path, max_pixels: int = MAX_KEYFRAME_PIXELS) -> None:
+    def __init__(self, directory: str | Path, max_pixels: int = MAX_KEYFRAME_PIXELS, lazy: bool = False) -> None:
         self.directory = Path(directory).expanduser()
         self.max_pixels = int(max_pixels)
+        # lazy: load() checks each image and depth file from its header and keeps no pixels
+        # (the node: its memory stays flat in the map's size); eager: pixels held (the CLI, tools).
+        self.lazy = lazy
         self.warnings: list[str] = []
         self.notes: list[str] = []  # what was done that is no problem (an import, a recovery)
         self._index_unreadable = False
         self._db: KeyframeIndex | None = None
+        self._shapes: dict[str, tuple[int, int]] = {}  # lazy load: image sizes from the headers
         self._lock = threading.RLock()
         # What the caller holds, for ``poll``: committed entries, largest seq, edit counter,
         # data_version at the last look, and the seqs of our own adds since.
@@ -427,7 +506,8 @@ class KeyframeStore:
         adopted = []
         for path in self.unindexed_images(indexed_files(entries) | busy):
             try:
-                adopted.append(Keyframe(name=path.stem, image_file=path.name, image=self._read_image(path)))
+                adopted.append(Keyframe(name=path.stem, image_file=path.name, image=self._read_image(path),
+                                        source=self.directory if self.lazy else None))
             except ImageFileError as exc:
                 self.warnings.append(f"keyframe image skipped: {exc}")
         keyframes += adopted
@@ -439,8 +519,13 @@ class KeyframeStore:
                 self._own = set()
         return keyframes
 
-    def _read_image(self, path: Path) -> np.ndarray:
-        return load_rgb(path, max_pixels=self.max_pixels)
+    def _read_image(self, path: Path) -> np.ndarray | None:
+        """The pixels (eager), or None after checking the file from its header (lazy);
+        ImageFileError either way for a file that cannot be a keyframe."""
+        if not self.lazy:
+            return load_rgb(path, max_pixels=self.max_pixels)
+        self._shapes[path.name] = probe_image(path, self.max_pixels)
+        return None
 
     def _keyframe(self, entry: Any, where: str) -> Keyframe | None:
         """The keyframe of an index entry; None (with a warning) when its image cannot be used."""
@@ -459,6 +544,7 @@ class KeyframeStore:
             name=str(entry.get("name") or Path(image_file).stem), image_file=image_file, image=image,
             pose=pose, added=entry.get("added"),
             extra={k: v for k, v in entry.items() if k not in ENTRY_KEYS},
+            source=self.directory if self.lazy else None,
         )
         self._load_camera(keyframe, entry, where)
         return keyframe
@@ -525,12 +611,17 @@ class KeyframeStore:
         except ValueError as exc:
             self.warnings.append(f"{name} has no intrinsics: {exc}")
         keyframe.extra.update({k: entry[k] for k in ("depth", "depth_scale") if k in entry})
+        image_shape = self._shapes.pop(keyframe.image_file, None) if self.lazy else keyframe.image.shape
         try:
-            keyframe.depth = read_entry_depth(self.directory, entry, keyframe.image.shape, where)
+            if self.lazy:
+                found = probe_entry_depth(self.directory, entry, image_shape, where)
+            else:
+                keyframe.depth = read_entry_depth(self.directory, entry, image_shape, where)
+                found = keyframe.depth is not None
         except (DepthFileError, ValueError) as exc:
             self.warnings.append(f"{name} has no depth: {exc}")
             return
-        if keyframe.depth is not None:
+        if found:
             keyframe.depth_file = str(entry["depth"])
             keyframe.depth_scale = parse_depth_scale(entry.get("depth_scale"), where)
             del keyframe.extra["depth"]
@@ -636,6 +727,8 @@ class KeyframeStore:
         with self._lock:
             self._seen_count += 1
             self._own.add(seq)
+        if self.lazy:  # from now on read from the files just written, like every loaded keyframe
+            keyframe.source, keyframe.image, keyframe.depth = self.directory, None, None
         return keyframe
 
     def remove(self, name: str) -> RemovedKeyframe:
