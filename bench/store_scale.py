@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
             load_mb = rss_mb() - base
             del keyframes
             reload_s = timed(lambda: KeyframeStore(folder).load())[1]
+            base = rss_mb()
+            lazy_keyframes, lazy_s = timed(KeyframeStore(folder, lazy=True).load)  # what the node does
+            lazy_mb = rss_mb() - base
+            del lazy_keyframes
             image = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
             add_times = [timed(lambda: store.add(image, [], name="added"))[1] for _ in range(args.adds)]
             poll_s = min(timed(store.poll)[1] for _ in range(20))
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "faiss_recall": recall_vs_exact(index, queries, args.top_k)}
                 del index
             row = {"n": n, "generate_s": gen_s, "load_s": load_s, "reload_s": reload_s, "load_mb": load_mb,
+                   "lazy_load_s": lazy_s, "lazy_mb": lazy_mb,
                    "add_ms": 1000 * float(np.mean(add_times)), "add_max_ms": 1000 * max(add_times),
                    "poll_us": 1e6 * poll_s, "follow_ms": 1000 * follow_s, "within_ms": 1000 * within_s,
                    "shortlist_ms": 1000 * short_s, "fetch_ms": 1000 * fetch_s,
@@ -183,18 +188,20 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'N':>7} {'load s':>7} {'reload s':>8} {'load MB':>7} {'add ms':>7} {'add max':>7} {'poll us':>7} "
+    print(f"\n{'N':>7} {'load s':>7} {'reload s':>8} {'load MB':>7} {'lazy s':>6} {'lazy MB':>7} {'add ms':>7} {'add max':>7} {'poll us':>7} "
           f"{'follow ms':>9} {'radius ms':>9} {'shortlist ms':>12} {'fetch ms':>8} {'desc MB':>7} | "
           f"{'FAISS ms':>8} {'recall':>6} {'build s':>7} | {'YAML load s':>11} {'YAML add ms':>11}")
     for r in rows:
         old = (f"{r['old_load_s']:>11.2f} {r['old_add_ms']:>11.0f}" if "old_load_s" in r else f"{'-':>11} {'-':>11}")
         ann = (f"{r['faiss_ms']:>8.2f} {r['faiss_recall']:>6.3f} {r['faiss_build_s']:>7.1f}" if "faiss_ms" in r
                else f"{'-':>8} {'-':>6} {'-':>7}")
-        print(f"{r['n']:>7} {r['load_s']:>7.2f} {r['reload_s']:>8.2f} {r['load_mb']:>7.0f} {r['add_ms']:>7.1f} "
+        print(f"{r['n']:>7} {r['load_s']:>7.2f} {r['reload_s']:>8.2f} {r['load_mb']:>7.0f} {r['lazy_load_s']:>6.2f} "
+              f"{r['lazy_mb']:>7.0f} {r['add_ms']:>7.1f} "
               f"{r['add_max_ms']:>7.1f} {r['poll_us']:>7.0f} {r['follow_ms']:>9.2f} {r['within_ms']:>9.2f} "
               f"{r['shortlist_ms']:>12.2f} {r['fetch_ms']:>8.1f} {r['descriptors_mb']:>7.0f} | {ann} | {old}")
     print("load: KeyframeStore.load in a fresh process state (open, recover, YAML check, rows, decode every "
-          "image); reload: a second store object; load MB: RSS growth of the load (images held decoded); "
+          "image); reload: a second store object; load MB: RSS growth of the load (images held decoded); lazy: "
+          "KeyframeStore(lazy=True).load, the node's (headers checked, no pixels held), and its RSS growth; "
           "add: KeyframeStore.add with fsync on the N-keyframe store (mean, max of --adds); poll: "
           "KeyframeStore.poll when nothing changed; follow: poll after another store added one; radius: "
           "R*Tree keyframes within 2 m; shortlist: exact descriptors @ query + partial sort (top_k "
