@@ -137,3 +137,20 @@ def test_relocalizer_adds_descriptors_in_place_not_by_copying_the_matrix():
     assert len(set(grown)) <= 6  # the buffer doubles: a handful of copies for 300 adds, not 300
     assert reloc._descriptors_matrix.shape == (300, 16)
     assert len(reloc.process(np.full((8, 8, 3), 7, np.uint8)).candidates) == 2
+
+
+def test_a_keyframe_file_gone_bad_after_a_lazy_load_costs_only_that_keyframe(tmp_path):
+    from roma_ros.core.imageio import save_rgb
+    from roma_ros.store import KeyframeStore
+
+    pairs = {name: make_pair(name, seed=11 + i) for i, name in enumerate(PHOTOS[:3])}
+    for name, p in pairs.items():
+        save_rgb(tmp_path / f"{name}.png", p.candidate)
+    keyframes = KeyframeStore(tmp_path, lazy=True).load()
+    (tmp_path / "coffee.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated now")
+    reloc = Relocalizer(ClassicalMatcher(), DecisionConfig(top_k=2, threshold=1.0, min_inliers=20))
+    reloc.set_keyframes(keyframes)
+    assert [k.name for k in reloc.keyframes] == ["astronaut", "chelsea"]
+    assert len(reloc.skipped) == 1 and "coffee.png" in reloc.skipped[0]
+    result = reloc.process(pairs["chelsea"].query)
+    assert result.accepted and result.keyframes[result.best.index].name == "chelsea"

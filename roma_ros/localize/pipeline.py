@@ -6,6 +6,7 @@ tests and benchmarks drive the same code directly.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from roma_ros.localize.features import FeatureLRU
 from roma_ros.localize.geometry import Verification, check_ransac_config, verify_fundamental_subset
 from roma_ros.matching.base import Matcher, Matches
 from roma_ros.localize.pose import CameraModel, PoseConfig, PoseEstimate, estimate_pose
+from roma_ros.core.imageio import ImageFileError
 from roma_ros.store import Keyframe
 from roma_ros.store.cache import FeatureCache
 
@@ -127,6 +129,7 @@ class Relocalizer:
         self.keyframes: list[Keyframe] = []
         self.features = FeatureLRU(self.feature_budget)
         self.cache: FeatureCache | None = None
+        self.skipped: list[str] = []  # keyframes the last set_keyframes could not read, and why
         self._descriptors: DescriptorIndex | None = None
         self._lock = threading.Lock()  # guards the lists
         self._compute = threading.Lock()  # one model call at a time (queries vs. keyframe additions)
@@ -157,13 +160,24 @@ class Relocalizer:
             sample: dict[int, Any] = {}
             if fit is not None:  # a vocabulary from the map (classical VLAD), so the shortlist applies
                 step = max(1, len(keyframes) // self.VOCABULARY_KEYFRAMES)
-                sample = {i: self._prepare(keyframes[i]) for i in range(0, len(keyframes), step)}
+                sample = {}
+                for i in range(0, len(keyframes), step):
+                    with contextlib.suppress(ImageFileError):  # reported below, where it is skipped
+                        sample[i] = self._prepare(keyframes[i])
                 fit(list(sample.values()))
             described: list[Any] = []
+            kept: list[Keyframe] = []
+            self.skipped = []
             for i, keyframe in enumerate(keyframes):
-                prepared = sample.pop(i) if i in sample else self._prepare(keyframe)
+                try:  # a lazy keyframe's file may have gone bad since the store checked it
+                    prepared = sample.pop(i) if i in sample else self._prepare(keyframe)
+                except ImageFileError as exc:
+                    self.skipped.append(f"keyframe '{keyframe.name}' skipped: {exc}")
+                    continue
                 described.append(self.matcher.describe(prepared))
-                features.put(i, prepared)
+                features.put(len(kept), prepared)
+                kept.append(keyframe)
+            keyframes = kept
             descriptors = (None if not described or any(d is None for d in described)
                            else DescriptorIndex.of(np.stack(described).astype(np.float32)))
         with self._lock:

@@ -95,6 +95,9 @@ class WorkerMixin:
         assert self.relocalizer is not None
         cache = cache_for(self.relocalizer.matcher, self.store.directory)
         self.relocalizer.set_keyframes(keyframes, cache)
+        for warning in self.relocalizer.skipped:
+            self.get_logger().warning(warning)
+        keyframes = self.relocalizer.keyframes
         if cache is not None:
             for warning in cache.stats.warnings:
                 self.get_logger().warning(warning)
