@@ -154,3 +154,29 @@ def test_a_keyframe_file_gone_bad_after_a_lazy_load_costs_only_that_keyframe(tmp
     assert len(reloc.skipped) == 1 and "coffee.png" in reloc.skipped[0]
     result = reloc.process(pairs["chelsea"].query)
     assert result.accepted and result.keyframes[result.best.index].name == "chelsea"
+
+
+def test_queries_run_during_a_reload_against_the_previous_set():
+    import threading
+    import time
+
+    class SlowTensorMatcher(TensorMatcher):
+        def prepare(self, rgb):
+            if rgb.shape[0] == 8:  # keyframes: slow, as restoring RoMa features is
+                time.sleep(0.05)
+            return super().prepare(rgb)
+
+    reloc = Relocalizer(SlowTensorMatcher(), DecisionConfig(top_k=2, min_inliers=0))
+    first = [keyframe(f"old{i}", np.full((8, 8, 3), i, np.uint8)) for i in range(3)]
+    reloc.set_keyframes(first)
+    second = [keyframe(f"new{i}", np.full((8, 8, 3), i, np.uint8)) for i in range(40)]  # ~2 s
+    reload = threading.Thread(target=reloc.set_keyframes, args=(second,))
+    reload.start()
+    time.sleep(0.2)
+    start = time.perf_counter()
+    result = reloc.process(np.full((9, 9, 3), 1, np.uint8))
+    answered_during_reload = reload.is_alive()
+    reload.join()
+    assert answered_during_reload, f"the query waited {time.perf_counter() - start:.1f} s for the reload"
+    assert all(result.keyframes[c.index].name.startswith("old") for c in result.candidates)
+    assert len(reloc.keyframes) == 40

@@ -154,34 +154,39 @@ class Relocalizer:
         """Use these keyframes; with a cache, features come from disk where possible. Only
         their descriptors are kept for all; dense features while the budget allows."""
         features = FeatureLRU(self.feature_budget)
-        with self._compute:
+        fit = getattr(self.matcher, "fit_vocabulary", None)
+        # A vocabulary from the map (classical VLAD) changes what describe() gives, so queries
+        # wait for the whole reload then; otherwise (RoMa) they run between two keyframes'
+        # preparations, against the previous set, and a reload stalls them for one keyframe.
+        whole = self._compute if fit is not None else contextlib.nullcontext()
+        each = contextlib.nullcontext() if fit is not None else self._compute
+        with whole:
             self.cache = cache
-            fit = getattr(self.matcher, "fit_vocabulary", None)
             sample: dict[int, Any] = {}
-            if fit is not None:  # a vocabulary from the map (classical VLAD), so the shortlist applies
+            if fit is not None:
                 step = max(1, len(keyframes) // self.VOCABULARY_KEYFRAMES)
-                sample = {}
                 for i in range(0, len(keyframes), step):
                     with contextlib.suppress(ImageFileError):  # reported below, where it is skipped
                         sample[i] = self._prepare(keyframes[i])
                 fit(list(sample.values()))
             described: list[Any] = []
             kept: list[Keyframe] = []
-            self.skipped = []
+            skipped: list[str] = []
             for i, keyframe in enumerate(keyframes):
                 try:  # a lazy keyframe's file may have gone bad since the store checked it
-                    prepared = sample.pop(i) if i in sample else self._prepare(keyframe)
+                    with each:
+                        prepared = sample.pop(i) if i in sample else self._prepare(keyframe)
+                        described.append(self.matcher.describe(prepared))
                 except ImageFileError as exc:
-                    self.skipped.append(f"keyframe '{keyframe.name}' skipped: {exc}")
+                    skipped.append(f"keyframe '{keyframe.name}' skipped: {exc}")
                     continue
-                described.append(self.matcher.describe(prepared))
                 features.put(len(kept), prepared)
                 kept.append(keyframe)
-            keyframes = kept
             descriptors = (None if not described or any(d is None for d in described)
                            else DescriptorIndex.of(np.stack(described).astype(np.float32)))
-        with self._lock:
-            self.keyframes, self.features, self._descriptors = list(keyframes), features, descriptors
+        with self._lock:  # the swap: queries from here on use the new set
+            self.keyframes, self.features, self._descriptors = kept, features, descriptors
+            self.skipped = skipped
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
         with self._compute:
