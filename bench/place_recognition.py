@@ -120,6 +120,11 @@ def setups(args) -> tuple[list[Setup], list[str]]:
             chosen.append(Setup(name, MatcherConfig(model="classical"),
                                 DecisionConfig(threshold=1.0, min_inliers=args.classical_min_inliers, top_k=0),
                                 "OpenCV SIFT, ratio test + mutual check"))
+            if args.classical_top_k:
+                chosen.append(Setup("classical_vlad", MatcherConfig(model="classical"),
+                                    DecisionConfig(threshold=1.0, min_inliers=args.classical_min_inliers,
+                                                   top_k=args.classical_top_k),
+                                    "OpenCV SIFT, shortlist by VLAD over a vocabulary from the map"))
         elif name == "roma_random":
             chosen.append(Setup(name, MatcherConfig(
                 model="roma_outdoor", device=args.device, random_weights=True, coarse_res=112, upsample_res=0,
@@ -303,6 +308,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=3, help="RoMa shortlist size (0 = all keyframes)")
     parser.add_argument("--num-samples", type=int, default=5000, help="RoMa correspondences per keyframe")
     parser.add_argument("--classical-min-inliers", type=int, default=20, help="classical's min_inliers for the run")
+    parser.add_argument("--classical-top-k", type=int, default=3,
+                        help="also run classical with its VLAD shortlist of this size (0: only all keyframes)")
     parser.add_argument("--out", default="", help="write every per-query result to this JSON file")
     args = parser.parse_args()
     if args.views < 1:
@@ -333,7 +340,7 @@ def main() -> None:
     for setup in chosen_setups:
         t0 = time.perf_counter()
         outcomes, prepare_s = run_setup(setup, keyframes, queries)
-        shortlisted = setup.matcher.model.startswith("roma_") and setup.decision.top_k > 0
+        shortlisted = setup.decision.top_k > 0
         stats = summary(outcomes, setup.decision.top_k, shortlisted)
         print(f"\n[{setup.name}] {setup.note} (keyframes prepared in {prepare_s:.1f} s, "
               f"all queries {time.perf_counter() - t0:.0f} s)")

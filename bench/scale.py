@@ -12,6 +12,7 @@ latency is extrapolated linearly from the measured per-keyframe cost, and the ou
 
     .venv/bin/python bench/scale.py                     # CPU, ~8 min
     .venv/bin/python bench/scale.py --device cuda --off-max 1000
+    .venv/bin/python bench/scale.py store --ns 1000,10000,100000   # the keyframe store (store_scale.py)
 """
 from __future__ import annotations
 
@@ -222,4 +223,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["store"]:
+        from store_scale import main as store_main
+
+        store_main(sys.argv[2:])
+    else:
+        main()

@@ -55,9 +55,13 @@ def test_unreadable_index_keeps_images_and_is_preserved_on_add(tmp_path):
     assert [k.name for k in keyframes] == ["a"] and "unreadable" in store.warnings[0]
     added = store.add(image(9), keyframes, name="new one")
     assert added.name == "new_one" and (tmp_path / "new_one.png").is_file()
-    backups = list(tmp_path.glob("keyframes.yaml.unreadable-*"))
-    assert len(backups) == 1 and "{name: a" in backups[0].read_text()
-    assert [k.name for k in KeyframeStore(tmp_path).load()] == ["a", "new_one"]
+    # The index is keyframes.db now: the user's broken YAML is left untouched for repair,
+    # and reported on every load until it is fixed (then imported) or deleted.
+    assert (tmp_path / "keyframes.yaml").read_text() == "keyframes: [ {name: a, image: a.png"
+    again = KeyframeStore(tmp_path)
+    assert [k.name for k in again.load()] == ["a", "new_one"] and "unreadable" in again.warnings[0]
+    (tmp_path / "keyframes.yaml").write_text("keyframes: [ {name: fixed, image: a.png} ]")
+    assert [k.name for k in KeyframeStore(tmp_path).load()] == ["fixed", "new_one"]
 
 
 def test_add_writes_image_and_index_atomically(tmp_path, monkeypatch):
@@ -67,13 +71,13 @@ def test_add_writes_image_and_index_atomically(tmp_path, monkeypatch):
     keyframes = store.load()
     assert [k.name for k in keyframes] == [first.name] and keyframes[0].pose[0] == (1.0, 0.0, 0.0)
     assert keyframes[0].added
-    # A crash while writing the index leaves the previous index intact and no temp files.
-    import roma_ros.store.folder as module
+    # A failing index commit leaves the previous index intact and no files.
+    from roma_ros.store.index import KeyframeIndex
 
-    def crash(path, data):
+    def crash(self, row_id, entry):
         raise OSError("disk full")
 
-    monkeypatch.setattr(module, "save_bytes", crash)
+    monkeypatch.setattr(KeyframeIndex, "commit_add", crash)
     try:
         store.add(image(2), keyframes, name="second")
     except OSError:
@@ -83,8 +87,7 @@ def test_add_writes_image_and_index_atomically(tmp_path, monkeypatch):
     assert names == [first.name]  # a failed add leaves nothing behind (issue 10)
     assert not (tmp_path / "new" / "second.png").exists()
     assert not list((tmp_path / "new").glob(".*tmp"))
-    index = yaml.safe_load((tmp_path / "new" / "keyframes.yaml").read_text())
-    assert [e["name"] for e in index["keyframes"]] == [first.name]
+    assert [e["name"] for e in KeyframeStore(tmp_path / "new").entries()] == [first.name]
 
 
 def test_names_stay_unique(tmp_path):
@@ -105,7 +108,7 @@ def test_add_keeps_entries_that_cannot_load_right_now(tmp_path):
     existing = store.load()
     assert [k.name for k in existing] == ["a", "loose"]
     store.add(image(9), existing, name="new")
-    entries = yaml.safe_load((tmp_path / "keyframes.yaml").read_text())["keyframes"]
+    entries = KeyframeStore(tmp_path).entries()
     assert [e["name"] for e in entries] == ["a", "on_usb_stick", "loose", "new"]
     assert entries[0]["note"] == "kept" and entries[1]["pose"]["position"] == [1, 2, 3]
     assert [k.name for k in KeyframeStore(tmp_path).load()] == ["a", "loose", "new"]
@@ -222,7 +225,7 @@ def test_depth_entries_load_registered_or_warn_and_stay_keyframes(tmp_path):
     assert len(store.warnings) == 5
     # A later add keeps every entry as written (including the ones whose depth did not load).
     store.add(image(99), keyframes, name="f")
-    entries = yaml.safe_load((tmp_path / "keyframes.yaml").read_text())["keyframes"]
+    entries = KeyframeStore(tmp_path).entries()
     assert entries[1]["depth"] == "small.tiff" and entries[4]["depth_scale"] == "metres"
 
 
@@ -243,7 +246,7 @@ def test_add_with_depth_writes_lossless_files_and_reloads_them(tmp_path, monkeyp
     assert np.isnan(keyframes[0].depth[0, 0]) and keyframes[0].depth_scale == 1e-4
     np.testing.assert_array_equal(keyframes[1].depth, load_depth(tmp_path / "kf" / "depth" / "metres.tiff"))
     assert np.isnan(keyframes[1].depth[0, 0]) and keyframes[0].intrinsics == intrinsics
-    entries = yaml.safe_load((tmp_path / "kf" / "keyframes.yaml").read_text())["keyframes"]
+    entries = KeyframeStore(tmp_path / "kf").entries()
     assert entries[0]["depth"] == "depth/raw16.png" and entries[0]["depth_scale"] == 1e-4
     assert "depth_scale" not in entries[1]  # float depth is metres
 
@@ -253,3 +256,29 @@ def test_add_with_depth_writes_lossless_files_and_reloads_them(tmp_path, monkeyp
         store.add(image(3), keyframes, name="bad", intrinsics={"fx": 0, "fy": 1, "cx": 1, "cy": 1})
     assert not (tmp_path / "kf" / "bad.png").exists() and not (tmp_path / "kf" / "depth" / "bad.png").exists()
     assert check_store(store) == []
+
+
+def test_a_lazy_store_holds_no_pixels_and_reads_them_on_access(tmp_path):
+    from roma_ros.store import save_depth
+
+    save_rgb(tmp_path / "a.png", image(10))
+    save_rgb(tmp_path / "b.png", image(20))
+    save_depth(tmp_path / "a_depth.tiff", ramp_depth())
+    save_depth(tmp_path / "small.tiff", ramp_depth(10, 15))
+    intrinsics = {"fx": 500.0, "fy": 500.0, "cx": 14.5, "cy": 9.5}
+    pose = {"position": [1, 2, 3], "orientation": [0, 0, 0, 1]}
+    (tmp_path / "keyframes.yaml").write_text(yaml.safe_dump({"keyframes": [
+        {"name": "a", "image": "a.png", "depth": "a_depth.tiff", "intrinsics": intrinsics, "pose": pose},
+        {"name": "b", "image": "b.png", "depth": "small.tiff", "intrinsics": intrinsics, "pose": pose},
+    ]}))
+    eager = KeyframeStore(tmp_path).load()
+    store = KeyframeStore(tmp_path, lazy=True)
+    lazy = store.load()
+    assert [k.name for k in lazy] == ["a", "b"] and len(store.warnings) == 1  # b's depth: wrong size, from the header
+    assert "small.tiff' is 15x10 but its image is 30x20" in store.warnings[0]
+    assert all(k.__dict__["_image"] is None and k.__dict__["_depth"] is None for k in lazy)  # nothing held
+    assert lazy[0].posable and not lazy[1].posable
+    np.testing.assert_array_equal(lazy[0].image, eager[0].image)
+    np.testing.assert_array_equal(lazy[0].depth, eager[0].depth)
+    added = store.add(image(30), lazy, name="c", depth=ramp_depth())
+    assert added.__dict__["_image"] is None and int(added.image[0, 0, 0]) == 30 and added.depth is not None

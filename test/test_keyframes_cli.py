@@ -35,7 +35,8 @@ def picture(value: int, h: int = 20, w: int = 30) -> np.ndarray:
 
 
 def index_entries(folder: Path) -> list[dict]:
-    return yaml.safe_load((folder / "keyframes.yaml").read_text())["keyframes"]
+    """The index's entries (keyframes.db), as keyframes.yaml would list them."""
+    return KeyframeStore(folder).entries()
 
 
 def write_index(folder: Path, entries: list) -> None:
@@ -132,20 +133,20 @@ def test_failed_index_write_during_remove_leaves_the_previous_state(tmp_path, mo
     for i, name in enumerate(("p", "q", "r")):
         store.add(picture(40 * i), store.load(), name=name, pose=((float(i), 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)))
     cache = fake_cache(kf, "roma", "q.png")
-    index_bytes = (kf / "keyframes.yaml").read_bytes()
-    import roma_ros.store.folder as module
+    before = index_entries(kf)
+    from roma_ros.store.index import KeyframeIndex
 
-    def disk_full(path, data):
+    def disk_full(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(module, "save_bytes", disk_full)
+    monkeypatch.setattr(KeyframeIndex, "delete_rows", disk_full)
     with pytest.raises(OSError, match="disk full"):
         KeyframeStore(kf).remove("q")
     code, _, err = run(capsys, "remove", "q", "--dir", kf)
     assert code == 2 and err.strip() == "roma-keyframes: error: disk full"
     monkeypatch.undo()
 
-    assert (kf / "keyframes.yaml").read_bytes() == index_bytes
+    assert index_entries(kf) == before
     assert cache.is_file() and not list((kf / ".trash").rglob("*.png"))
     store = KeyframeStore(kf)
     keyframes = store.load()
@@ -155,25 +156,36 @@ def test_failed_index_write_during_remove_leaves_the_previous_state(tmp_path, mo
     assert check_store(store) == []
 
 
-def test_crash_inside_remove_is_undone_or_finished_by_repair(tmp_path):
+def test_crash_inside_remove_is_finished_on_the_next_open_and_old_trash_is_repaired(tmp_path, monkeypatch):
     kf = tmp_path / "kf"
     store = KeyframeStore(kf)
     for name in ("p", "q", "gone"):
         store.add(picture(70), store.load(), name=name)
-    # Crash after the image went to .trash/ but before the index was rewritten...
+    from roma_ros.store.index import KeyframeIndex
+
+    def crash(self):  # the process dies right after the removal's commit, before deleting files
+        if self.meta("edits"):  # (the earlier call, in the opening recovery, has nothing to do)
+            raise KeyboardInterrupt
+        return []
+
+    monkeypatch.setattr(KeyframeIndex, "work_off_deletes", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.remove("gone")
+    monkeypatch.undo()
+    assert (kf / "gone.png").is_file()
+    assert [k.name for k in KeyframeStore(kf).load()] == ["p", "q"]  # committed: gone for every reader
+    assert not (kf / "gone.png").exists() and check_store(store) == []  # and its files deleted on that open
+    # Older versions moved an image to .trash/ first: a crash there is still put right by repair.
     (kf / ".trash").mkdir()
     (kf / "q.png").replace(kf / ".trash" / "q.png")
-    # ...and one after the index was rewritten but before the trashed image was deleted.
-    write_index(kf, [e for e in index_entries(kf) if e["name"] != "gone"])
-    (kf / "gone.png").replace(kf / ".trash" / "gone.png")
+    (kf / ".trash" / "old.png").write_bytes(b"x")
     assert [k.name for k in store.load()] == ["p"]
-
     problems = check_store(store)
     assert "image q.png is in .trash/ but still listed (interrupted removal)" in problems
-    assert ".trash/gone.png is left over from a removal" in problems
+    assert ".trash/old.png is left over from a removal" in problems
     actions = check_store(store, repair=True)
     assert "image q.png is in .trash/ but still listed (interrupted removal) -> put back" in actions
-    assert ".trash/gone.png is left over from a removal -> deleted" in actions
+    assert ".trash/old.png is left over from a removal -> deleted" in actions
     assert [k.name for k in store.load()] == ["p", "q"] and check_store(store) == []
 
 
@@ -227,7 +239,7 @@ def test_check_reports_and_repair_fixes_without_deleting_images(tmp_path):
     assert any("'dup' (dup.png) -> renamed to 'dup_3'" in line for line in lines)
     assert any("broken.jpg' is empty" in line and "-> moved to .unreadable/broken.jpg" in line for line in lines)
     assert any("'bad'" in line and line.endswith("-> entry dropped (image file kept)") for line in lines)
-    assert "wrote keyframes.yaml with 5 entries" in lines
+    assert "wrote the index (keyframes.db) with 5 entries" in lines
 
     # Every user image is still there, byte for byte (the unreadable ones moved aside).
     for name, data in user_images.items():
@@ -418,12 +430,12 @@ def test_remove_with_depth_is_undone_when_the_index_write_fails(tmp_path, monkey
     store = KeyframeStore(kf)
     store.add(picture(5), [], name="p", depth=np.full((20, 30), 1000, np.uint16))
     depth_bytes = (kf / "depth" / "p.png").read_bytes()
-    import roma_ros.store.folder as module
+    from roma_ros.store.index import KeyframeIndex
 
-    def disk_full(path, data):
+    def disk_full(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(module, "save_bytes", disk_full)
+    monkeypatch.setattr(KeyframeIndex, "delete_rows", disk_full)
     with pytest.raises(OSError):
         store.remove("p")
     monkeypatch.undo()

@@ -14,6 +14,7 @@ from rosutil import Probe, Spinner, wait_for
 from roma_ros.ros.conversions import pointcloud2_to_matches, rgb_to_compressed_msg, rgb_to_image_msg
 from roma_ros.core.imageio import save_rgb
 from roma_ros.demo.photo_pairs import make_pair
+from roma_ros.store import KeyframeStore
 
 PLACES = ("astronaut", "coffee", "chelsea")
 
@@ -111,13 +112,31 @@ def test_add_keyframe_then_reload(running, tmp_path, pairs):
     assert response.success, response.message
     stored = sorted((tmp_path / "kf").glob("kf_*.png"))
     assert len(stored) == 1 and stored[0].name in response.message
-    index = yaml.safe_load((tmp_path / "kf" / "keyframes.yaml").read_text())["keyframes"]
+    index = KeyframeStore(tmp_path / "kf").entries()
     assert [e["name"] for e in index][:3] == list(PLACES) and len(index) == 4
     again = probe.send(novel.query)
     assert again.width >= 30 and set(pointcloud2_to_matches(again)["keyframe_index"].tolist()) == {3}
     reload = probe.call(probe.reload_client)
     assert reload.success and "loaded 4 keyframes" in reload.message
     assert set(pointcloud2_to_matches(probe.send(novel.query))["keyframe_index"].tolist()) == {3}
+
+
+def test_keyframes_added_by_another_process_are_used_without_reload(running, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    node, probe = running
+    novel = make_pair("rocket", seed=2)
+    assert probe.send(novel.query).width == 0
+    save_rgb(tmp_path / "rocket.png", novel.candidate)
+    cli = Path(sys.executable).with_name("roma-keyframes")
+    proc = subprocess.run([str(cli), "add", str(tmp_path / "rocket.png"), "--dir", str(tmp_path / "kf")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "(index 3)" in proc.stdout, proc.stderr
+    cloud = probe.send(novel.query)  # no ~/reload_keyframes: the worker checks the index between queries
+    assert cloud.width >= 30 and set(pointcloud2_to_matches(cloud)["keyframe_index"].tolist()) == {3}
+    assert len(node.relocalizer.keyframes) == 4
 
 
 def test_live_parameter_changes(running, pairs):
@@ -225,7 +244,7 @@ def test_empty_keyframe_folder_waits(ros, tmp_path, pairs):
         assert probe.latest_diagnostics()["_level"] == 1  # WARN
         assert probe.send(pairs["coffee"].query).width == 0
         assert probe.call(probe.add_client).success
-        assert (tmp_path / "missing" / "keyframes.yaml").is_file()
+        assert (tmp_path / "missing" / "keyframes.db").is_file()
         assert probe.send(pairs["coffee"].query).width >= 30
     finally:
         spinner.shut_down()

@@ -244,7 +244,7 @@ def test_add_keyframe_stores_depth_intrinsics_and_pose_then_relocalizes(ros, tmp
         assert response.success, response.message
         assert "stored: intrinsics (camera_info), depth (depth/" in response.message
         assert "pose (keyframe_pose)" in response.message and "missing" not in response.message
-        entry = yaml.safe_load((tmp_path / "kf" / "keyframes.yaml").read_text())["keyframes"][0]
+        entry = KeyframeStore(tmp_path / "kf").entries()[0]
         assert entry["depth"].startswith("depth/") and entry["depth"].endswith(".png")  # 16UC1 stays mm
         fx, fy, cx, cy = view.camera.to_ros()
         assert entry["intrinsics"] == {"fx": fx, "fy": fy, "cx": cx, "cy": cy}

@@ -268,17 +268,16 @@ def test_feature_cache_never_writes_outside_the_keyframe_folder(roma_model, tmp_
     assert KeyframeStore(folder).cache_files("inside.png") == []
 
 
-def test_remove_refuses_a_symlinked_trash(tmp_path):
-    from roma_ros.store import KeyframeStore, UnsafeFolderError
+def test_remove_writes_nothing_through_a_planted_trash_link(tmp_path):
+    from roma_ros.store import KeyframeStore
 
     store = KeyframeStore(tmp_path / "kf")
     store.add(np.full((40, 40, 3), 7, np.uint8), [], name="a")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "kf" / ".trash").symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(UnsafeFolderError, match="symlink"):
-        store.remove("a")
-    assert list(elsewhere.iterdir()) == [] and [k.name for k in store.load()] == ["a"]
+    store.remove("a")  # the index's deletion list needs no .trash: nothing goes through the link
+    assert list(elsewhere.iterdir()) == [] and store.load() == [] and not (tmp_path / "kf" / "a.png").exists()
 
 
 def test_store_syncs_each_file_then_its_folder_after_the_rename(tmp_path, monkeypatch):
@@ -296,15 +295,17 @@ def test_store_syncs_each_file_then_its_folder_after_the_rename(tmp_path, monkey
     store = KeyframeStore(tmp_path / "kf")
     store.add(np.full((40, 40, 3), 7, np.uint8), [], name="a")
     store.remove("a")
-    folder, trash = str(tmp_path / "kf"), str(tmp_path / "kf" / ".trash")
+    folder = str(tmp_path / "kf")
     # After every rename the target's folder is synced before anything else happens.
     for i, event in enumerate(synced):
         if isinstance(event, tuple):
             assert synced[i + 1] == os.path.dirname(event[1]), synced
-    image, index = str(tmp_path / "kf" / "a.png"), str(tmp_path / "kf" / "keyframes.yaml")
-    assert [e[1] for e in synced if isinstance(e, tuple)] == [image, index, trash + "/a.png", index]
+    image = str(tmp_path / "kf" / "a.png")
+    assert [e[1] for e in synced if isinstance(e, tuple)] == [image]  # the index commits are SQLite's
     assert synced[synced.index(("rename", image)) - 1].startswith(folder + "/.a.png.")  # the temp file itself
-    assert trash in synced  # the trash folder after moving the image there
+    db = store.index()._conn
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: a committed add survives a power loss
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_codec_lines_are_caught_and_other_stderr_output_is_kept(capfd):

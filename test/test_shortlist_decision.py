@@ -28,6 +28,20 @@ def test_shortlist_orders_by_cosine_and_clips_top_k():
     assert shortlist(None, None, 3, 4) == ([0, 1, 2, 3], [None] * 4)  # no descriptors: every keyframe
 
 
+def test_partial_sort_shortlist_equals_the_full_sort_and_does_not_sort_everything(monkeypatch):
+    rng = np.random.default_rng(3)
+    descriptors = rng.standard_normal((20000, 64)).astype(np.float16)  # float16 kept in memory is fine
+    query = rng.standard_normal(64).astype(np.float32)
+    similarity = descriptors @ query.astype(np.float16)
+    expected = np.argsort(-similarity, kind="stable")[:7].tolist()
+    calls = []
+    real = np.argsort
+    monkeypatch.setattr(np, "argsort", lambda a, *args, **kw: calls.append(len(a)) or real(a, *args, **kw))
+    indices, sims = shortlist(descriptors, query, 7, len(descriptors))
+    assert indices == expected and sims == sorted(sims, reverse=True)
+    assert all(n <= 7 for n in calls)  # no O(N log N) sort of all 20 000
+
+
 @pytest.fixture(scope="module")
 def roma_reloc(roma_model):
     matcher = RomaMatcher(roma_config(num_samples=500), model=roma_model)
@@ -117,3 +131,19 @@ def test_unrelated_query_rejected_matching_one_accepted():
 def test_bad_decision_settings(bad):
     with pytest.raises(ValueError):
         DecisionConfig(**bad).validate()
+
+
+def test_classical_shortlist_applies_top_k_with_a_vocabulary_from_the_map():
+    pairs = {name: make_pair(name, seed=11 + i) for i, name in enumerate(PHOTOS)}
+    reloc = Relocalizer(ClassicalMatcher(), DecisionConfig(top_k=2, threshold=1.0, min_inliers=20))
+    reloc.set_keyframes([keyframe(name, p.candidate) for name, p in pairs.items()])
+    for i, p in enumerate(pairs.values()):
+        result = reloc.process(p.query)
+        assert len(result.candidates) == 2  # not all 6: top_k applies to the classical matcher
+        assert result.candidates[0].index == i and result.accepted and result.best.index == i
+    # A map built one add at a time from empty gets its vocabulary once it has enough features.
+    grown = Relocalizer(ClassicalMatcher(), DecisionConfig(top_k=2, threshold=1.0, min_inliers=20))
+    for name, p in pairs.items():
+        grown.add_keyframe(keyframe(name, p.candidate))
+    assert grown._descriptors_matrix is not None and grown._descriptors_matrix.shape == (6, 4096)
+    assert len(grown.process(pairs["rocket"].query).candidates) == 2

@@ -1,8 +1,9 @@
-"""`roma-keyframes`: add, list, remove and check keyframes, build their feature cache, and
-import them from a rosbag2 recording (mapping/importer.py).
+"""`roma-keyframes`: add, list, remove, export, import and check keyframes, build their feature
+cache, and import them from a rosbag2 recording (mapping/importer.py).
 
 Works on the same folder and through the same code (KeyframeStore, FeatureCache)
-as the node; after changing a running node's folder, call its ~/reload_keyframes.
+as the node. A running node sees keyframes added by another process before its next query;
+after removals or edits it reloads by itself too (KeyframeStore.poll).
 """
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Select keyframes by pose (moved --min-distance or turned --min-angle from every stored "
                     "keyframe, or --max-interval since the last) and store image, depth, intrinsics and pose. "
                     "Run it again after an interruption: frames already stored are skipped."))
+    export = sub.add_parser("export", parents=[common], help="write the index as keyframes.yaml (to edit by hand)",
+                            description="The index is keyframes.db; keyframes.yaml is its editable copy. An edited "
+                                        "keyframes.yaml is imported on the next open (or by `import`).")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of <dir>/keyframes.yaml")
+    imp = sub.add_parser("import", parents=[common], help="merge a keyframes.yaml into the index",
+                         description="Entries update the keyframe of the same image or are appended; with the "
+                                     "folder's own keyframes.yaml, entries deleted since the last export are dropped "
+                                     "from the index (their images stay).")
+    imp.add_argument("file", nargs="?", metavar="FILE", help="default: <dir>/keyframes.yaml")
 
     check = sub.add_parser("check", parents=[common], help="report (and --repair) problems of the store")
     check.add_argument("--repair", action="store_true",
@@ -115,13 +125,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     images = [(path, load_rgb(path)) for path in args.images]  # all readable before any is added
     depth = read_depth(args.depth, args.depth_scale, images[0][1].shape) if args.depth else None
     store = KeyframeStore(args.dir)
-    keyframes = store.load() if store.directory.is_dir() else []
-    warn(store.warnings)
-    for path, rgb in images:
-        keyframe = store.add(rgb, keyframes, name=args.name or Path(path).stem, pose=pose, intrinsics=intrinsics,
+    if store.directory.is_dir() and store.has_unindexed():
+        store.load()  # image files without an entry get one first, so the printed index stays theirs
+        warn(store.warnings)
+    for path, rgb in images:  # no load of the whole map: an add costs the same at 10 or 100 000 keyframes
+        keyframe = store.add(rgb, [], name=args.name or Path(path).stem, pose=pose, intrinsics=intrinsics,
                              depth=depth, depth_scale=args.depth_scale)
-        keyframes.append(keyframe)
-        print(f"added '{keyframe.name}' (index {len(keyframes) - 1}) as {store.directory / keyframe.image_file}")
+        print(f"added '{keyframe.name}' (index {store.position(keyframe)}) as {store.directory / keyframe.image_file}")
         if keyframe.depth is not None:
             print(f"  depth {store.directory / keyframe.depth_file}: {valid_fraction(keyframe.depth):.0%} valid, "
                   f"{np.nanmin(keyframe.depth):.3g} to {np.nanmax(keyframe.depth):.3g} m"
@@ -229,6 +239,21 @@ def cmd_import_bag(args: argparse.Namespace) -> int:
         print(line)
     return cmd_build_cache(args) if args.build_cache else 0
 
+def cmd_export(args: argparse.Namespace) -> int:
+    store = existing_store(args.dir)
+    path, count = store.export_yaml(args.output)
+    warn(store.notes)
+    print(f"wrote {count} entries to {path}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    store = existing_store(args.dir)
+    count = store.import_yaml(args.file)
+    total = len(store.entries())
+    print(f"imported {count} entries from {args.file or store.index_path}; the index has {total} entries")
+    return 0
+
 
 def cmd_check(args: argparse.Namespace) -> int:
     store = existing_store(args.dir)
@@ -247,17 +272,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "build-cache": cmd_build_cache,
-            "check": cmd_check, "import-bag": cmd_import_bag}
+            "export": cmd_export, "import": cmd_import, "check": cmd_check, "import-bag": cmd_import_bag}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import sqlite3
+
     from roma_ros.core.imageio import ImageFileError
     from roma_ros.matching.base import WeightsError
 
     try:
         return COMMANDS[args.command](args)
-    except (CommandError, ImageFileError, WeightsError, ValueError, OSError) as exc:
+    except (CommandError, ImageFileError, WeightsError, ValueError, OSError, sqlite3.Error) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 

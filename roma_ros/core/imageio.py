@@ -96,12 +96,54 @@ def jpeg_scans(data: bytes | memoryview) -> int:
     return scans
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3); 16-bit and grayscale files are converted."""
+# Compression cannot pack more than ~1000 pixels into a byte (deflate's limit is 1032:1, for
+# a one-byte gray pixel), so a file smaller than max_pixels / 2000 bytes cannot exceed the
+# bound and skips the header parse (it costs more than decoding a thumbnail).
+MAX_PIXELS_PER_BYTE = 2000
+
+
+def header_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding its pixels (Pillow reads
+    the header only); None when Pillow does not know the format (OpenCV may still)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(memoryview(data))) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        return (1 << 16, 1 << 16)  # Pillow's own bomb limit: far over any keyframe bound
+    except (UnidentifiedImageError, ValueError, SyntaxError, EOFError):
+        return None
+
+
+def check_pixels(shape: tuple[int, ...], max_pixels: int, what: str, bound: str = "the keyframe pixel bound") -> None:
+    """ImageFileError when an (H, W, ...) image has more than ``max_pixels`` pixels (0 = no bound)."""
+    height, width = int(shape[0]), int(shape[1])
+    if max_pixels and width * height > max_pixels:
+        raise ImageFileError(f"{what} is {width}x{height} ({width * height / 1e6:.1f} MP), over {bound} of "
+                             f"{max_pixels / 1e6:.1f} MP: downscale it, e.g. `convert IN -resize {max_pixels}@ OUT`")
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = 0) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3); 16-bit and grayscale files are converted.
+
+    Every way a file can fail (missing, a name too long for the file system, no permission,
+    an I/O error, a corrupt file, more than ``max_pixels`` pixels, 0 = no bound, checked from
+    the header before decoding) is an ImageFileError naming the file, so a caller that skips
+    bad keyframes skips exactly that one."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(f"image file '{path}' does not exist")
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        if not path.is_file():
+            raise ImageFileError(f"image file '{path}' does not exist")
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:  # ENAMETOOLONG from is_file(), PermissionError, EIO...
+        raise ImageFileError(f"image file '{path}' cannot be read: {exc.strerror or exc}") from None
+    if max_pixels and data.size * MAX_PIXELS_PER_BYTE > max_pixels:
+        size = header_size(data)
+        if size is not None:
+            check_pixels((size[1], size[0]), max_pixels, f"image file '{path}'")
     if data.size == 0:
         raise ImageFileError(f"image file '{path}' is empty (0 bytes)")
     if data[:2].tobytes() == b"\xff\xd8" and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
@@ -112,6 +154,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     if image is None or image.size == 0:
         said = f": {'; '.join(codec)}" if codec else ""
         raise ImageFileError(f"image file '{path}' is not a readable image (corrupt, or not JPEG/PNG/...){said}")
+    check_pixels(image.shape, max_pixels, f"image file '{path}'")
     return to_rgb8(image, source=str(path))
 
 

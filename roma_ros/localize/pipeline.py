@@ -6,6 +6,7 @@ tests and benchmarks drive the same code directly.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -16,12 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from roma_ros.localize.descriptors import DescriptorIndex, exact_top
+from roma_ros.localize.features import FeatureLRU
 from roma_ros.localize.geometry import Verification, check_ransac_config, verify_fundamental_subset
 from roma_ros.matching.base import Matcher, Matches
 from roma_ros.core.transforms import pose_to_matrix
 from roma_ros.localize.pose import (
     CameraModel, KeyframePoints, PoseConfig, PoseEstimate, check_depth_std, estimate_pose, estimate_pose_multi,
 )
+from roma_ros.core.imageio import ImageFileError
 from roma_ros.store import Keyframe
 from roma_ros.store.cache import FeatureCache
 
@@ -70,19 +74,29 @@ class CandidateResult:
         return self.inliers * (1.0 if overlap is None else overlap)
 
 
-def shortlist(descriptors: np.ndarray | None, query: np.ndarray | None, top_k: int,
+def shortlist(descriptors: np.ndarray | DescriptorIndex | None, query: np.ndarray | None, top_k: int,
               count: int, allowed: np.ndarray | None = None) -> tuple[list[int], list[float | None]]:
-    """Indices of the top_k of ``count`` keyframes by cosine similarity of unit descriptors;
-    all of them, in store order, when there are no descriptors. ``allowed`` (a mask) removes
-    keyframes before ranking, so a prior never costs a shortlist place."""
-    candidates = np.arange(count) if allowed is None else np.flatnonzero(allowed)
+    """Indices of the top_k of ``count`` keyframes by cosine similarity of unit descriptors
+    (a partial sort, or FAISS on a large DescriptorIndex); all of them, in store order, when
+    there are no descriptors. ``allowed`` (a mask over the keyframes, from a prior) removes
+    keyframes before ranking, so a prior never costs a shortlist place; the allowed ones are
+    searched exactly. Rows beyond ``count`` (added since the caller's snapshot) are left out."""
+    if allowed is not None:
+        candidates = np.flatnonzero(np.asarray(allowed, bool)[:count])
+        if descriptors is None or query is None:
+            return candidates.tolist(), [None] * len(candidates)
+        matrix = descriptors.matrix if isinstance(descriptors, DescriptorIndex) else descriptors
+        order, similarity = exact_top(matrix[candidates], query, top_k)
+        return candidates[order].tolist(), similarity.astype(float).tolist()
     if descriptors is None or query is None:
-        return candidates.tolist(), [None] * len(candidates)
-    similarity = descriptors @ query
-    order = candidates[np.argsort(-similarity[candidates], kind="stable")]
-    if top_k:
-        order = order[:top_k]
-    return order.tolist(), similarity[order].tolist()
+        return list(range(count)), [None] * count
+    if isinstance(descriptors, DescriptorIndex):
+        indices, similarities = descriptors.search(query, top_k)
+    else:
+        order, similarity = exact_top(descriptors, query, top_k)
+        indices, similarities = order.tolist(), similarity.astype(float).tolist()
+    kept = [(i, s) for i, s in zip(indices, similarities) if i < count]
+    return [i for i, _ in kept], [s for _, s in kept]
 
 
 # A prior on the keyframes: a mask over them, or a function of the keyframe list giving one.
@@ -108,23 +122,31 @@ class QueryResult:
 
 
 class Relocalizer:
-    """Keeps the keyframes with their prepared features and answers queries.
+    """Keeps the keyframes with their global descriptors and answers queries.
 
-    Thread-safe: the node's worker calls ``process`` while services add or reload
-    keyframes.
+    Dense features live in a FeatureLRU of at most ``feature_memory_mb`` (0 = no bound):
+    a query touches only its shortlist's, prepared again (from the disk cache where there
+    is one) when they were evicted. Thread-safe: the node's worker calls ``process`` while
+    services add or reload keyframes.
     """
 
+    VOCABULARY_KEYFRAMES = 500  # a classical vocabulary is learnt from at most this many keyframes
+
     def __init__(self, matcher: Matcher, decision: DecisionConfig | None = None,
-                 pose_config: PoseConfig | None = None) -> None:
+                 pose_config: PoseConfig | None = None, feature_memory_mb: float = 0.0) -> None:
         self.matcher = matcher
         self.decision = decision or DecisionConfig()
         self.decision.validate()
         self.pose_config = pose_config or PoseConfig()
         self.pose_config.validate()
+        if not feature_memory_mb >= 0:
+            raise ValueError(f"feature_memory_mb={feature_memory_mb} must be >= 0 (0 = no bound)")
+        self.feature_budget = int(feature_memory_mb * 2**20)
         self.keyframes: list[Keyframe] = []
-        self._prepared: list[Any] = []
+        self.features = FeatureLRU(self.feature_budget)
         self.cache: FeatureCache | None = None
-        self._descriptors_matrix: np.ndarray | None = None
+        self.skipped: list[str] = []  # keyframes the last set_keyframes could not read, and why
+        self._descriptors: DescriptorIndex | None = None
         self._lock = threading.Lock()  # guards the lists
         self._compute = threading.Lock()  # one model call at a time (queries vs. keyframe additions)
 
@@ -133,36 +155,84 @@ class Relocalizer:
             return self.matcher.prepare(keyframe.image)
         return self.cache.prepare(self.matcher, keyframe.image_file, keyframe.image)
 
-    def _descriptors(self, prepared: list[Any]) -> np.ndarray | None:
+    @property
+    def _descriptors_matrix(self) -> np.ndarray | None:
+        """All keyframes' descriptors (N, D), or None when some keyframe has none."""
+        return None if self._descriptors is None else self._descriptors.matrix
+
+    def _describe_all(self, prepared: list[Any]) -> DescriptorIndex | None:
         described = [self.matcher.describe(p) for p in prepared]
         if not described or any(d is None for d in described):
             return None
-        return np.stack(described).astype(np.float32)
+        return DescriptorIndex.of(np.stack(described).astype(np.float32))
 
     def set_keyframes(self, keyframes: list[Keyframe], cache: FeatureCache | None = None) -> None:
-        """Use these keyframes; with a cache, features come from disk where possible."""
-        with self._compute:
+        """Use these keyframes; with a cache, features come from disk where possible. Only
+        their descriptors are kept for all; dense features while the budget allows."""
+        features = FeatureLRU(self.feature_budget)
+        fit = getattr(self.matcher, "fit_vocabulary", None)
+        # A vocabulary from the map (classical VLAD) changes what describe() gives, so queries
+        # wait for the whole reload then; otherwise (RoMa) they run between two keyframes'
+        # preparations, against the previous set, and a reload stalls them for one keyframe.
+        whole = self._compute if fit is not None else contextlib.nullcontext()
+        each = contextlib.nullcontext() if fit is not None else self._compute
+        with whole:
             self.cache = cache
-            prepared = [self._prepare(k) for k in keyframes]
-            descriptors = self._descriptors(prepared)
-        with self._lock:
-            self.keyframes, self._prepared, self._descriptors_matrix = list(keyframes), prepared, descriptors
+            sample: dict[int, Any] = {}
+            if fit is not None:
+                step = max(1, len(keyframes) // self.VOCABULARY_KEYFRAMES)
+                for i in range(0, len(keyframes), step):
+                    with contextlib.suppress(ImageFileError):  # reported below, where it is skipped
+                        sample[i] = self._prepare(keyframes[i])
+                fit(list(sample.values()))
+            described: list[Any] = []
+            kept: list[Keyframe] = []
+            skipped: list[str] = []
+            for i, keyframe in enumerate(keyframes):
+                try:  # a lazy keyframe's file may have gone bad since the store checked it
+                    with each:
+                        prepared = sample.pop(i) if i in sample else self._prepare(keyframe)
+                        described.append(self.matcher.describe(prepared))
+                except ImageFileError as exc:
+                    skipped.append(f"keyframe '{keyframe.name}' skipped: {exc}")
+                    continue
+                features.put(len(kept), prepared)
+                kept.append(keyframe)
+            descriptors = (None if not described or any(d is None for d in described)
+                           else DescriptorIndex.of(np.stack(described).astype(np.float32)))
+        with self._lock:  # the swap: queries from here on use the new set
+            self.keyframes, self.features, self._descriptors = kept, features, descriptors
+            self.skipped = skipped
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
         with self._compute:
             prepared = self._prepare(keyframe)
             descriptor = self.matcher.describe(prepared)
+            fit = getattr(self.matcher, "fit_vocabulary", None)
+            refit = None
+            if descriptor is None and fit is not None:  # a map too small for a vocabulary so far
+                with self._lock:
+                    known, features = list(self.keyframes), self.features
+                everything = [features.get(i, lambda k=k: self._prepare(k)) for i, k in enumerate(known)]
+                fit([*everything, prepared])
+                refit = self._describe_all([*everything, prepared])
         with self._lock:
+            index = len(self.keyframes)
+            self.features.put(index, prepared)
+            if refit is not None and len(refit) == index + 1:
+                self.keyframes.append(keyframe)
+                self._descriptors = refit
+                return index
             # The shortlist needs a descriptor for every keyframe (an empty store has none).
-            all_described = self._descriptors_matrix is not None or not self.keyframes
+            all_described = self._descriptors is not None or not self.keyframes
             self.keyframes.append(keyframe)
-            self._prepared.append(prepared)
             if descriptor is None or not all_described:
-                self._descriptors_matrix = None
-            else:
-                rows = [] if self._descriptors_matrix is None else [self._descriptors_matrix]
-                self._descriptors_matrix = np.vstack(rows + [descriptor[None].astype(np.float32)])
-            return len(self.keyframes) - 1
+                self._descriptors = None
+            elif self._descriptors is None:
+                self._descriptors = DescriptorIndex.of(np.asarray(descriptor, np.float32)[None])
+            else:  # in place, O(d): a query's snapshot ignores rows beyond its keyframe list
+                self._descriptors.append(np.asarray(descriptor, np.float32))
+            return index
 
     def set_decision(self, decision: DecisionConfig) -> None:
         decision.validate()
@@ -179,8 +249,8 @@ class Relocalizer:
         prior, e.g. "near the robot's estimate"): a boolean mask over the keyframes, or a callable
         that makes one from the keyframe list; only those keyframes are shortlisted and verified."""
         with self._lock:
-            keyframes, prepared, decision = list(self.keyframes), list(self._prepared), self.decision
-            descriptors, pose_config = self._descriptors_matrix, self.pose_config
+            keyframes, features, decision = list(self.keyframes), self.features, self.decision
+            descriptors, pose_config = self._descriptors, self.pose_config
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
@@ -201,7 +271,10 @@ class Relocalizer:
             indices, similarities = shortlist(descriptors, query_descriptor, decision.top_k, len(keyframes), allowed)
             timings["shortlist"] = time.perf_counter() - start
             start = time.perf_counter()
-            all_matches = self.matcher.match_prepared(query_prepared, [prepared[i] for i in indices])
+            prepared = [features.get(i, lambda k=keyframes[i]: self._prepare(k)) for i in indices]
+            timings["fetch"] = time.perf_counter() - start  # dense features of the shortlist (LRU)
+            start = time.perf_counter()
+            all_matches = self.matcher.match_prepared(query_prepared, prepared)
             timings["match"] = time.perf_counter() - start
         start = time.perf_counter()
         verifications = verify_all(all_matches, decision)
@@ -272,13 +345,15 @@ def relative_pose(best: CandidateResult, keyframe: Keyframe, query_camera: Camer
 def keyframe_camera_problem(keyframe: Keyframe) -> str:
     """Why the keyframe's intrinsics cannot serve a pose for its image (absurd distortion, a focal
     length under a pixel, ...), or "" when they can."""
-    height, width = keyframe.image.shape[:2]
     try:
+        width, height = keyframe.image_size
         camera = keyframe_camera(keyframe)
         if camera is None:
             return f"no intrinsics for keyframe '{keyframe.name}'"
         camera.validate()
         camera.check_for_image(width, height)
+    except ImageFileError as exc:
+        return f"keyframe '{keyframe.name}' unreadable: {exc}"
     except ValueError as exc:
         return f"bad intrinsics for keyframe '{keyframe.name}': {exc}"
     return ""

@@ -15,6 +15,16 @@ from roma_ros.matching.base import Matches, check_rgb_image
 
 # knnMatch with k=2 needs at least two descriptors on each side.
 MIN_FEATURES = 2
+VLAD_WORDS = 32  # vocabulary size of the global descriptor: 32 x 128 = 4096 floats (16 KB) per keyframe
+VOCABULARY_SAMPLE = 50_000  # descriptors k-means sees at most
+
+
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, square root; Euclidean distance
+    on it is the Hellinger kernel on SIFT, which clusters and compares better."""
+    data = np.asarray(descriptors, np.float32)
+    data = data / np.maximum(data.sum(1, keepdims=True), 1e-12)
+    return np.sqrt(data)
 
 
 def create_sift(num_features: int) -> tuple[cv2.SIFT, bool]:
@@ -61,6 +71,7 @@ class ClassicalMatcher:
         self.ratio = float(ratio)
         self._sift, self.precise_upscale = create_sift(self.num_features)
         self._matcher = cv2.BFMatcher(cv2.NORM_L2)
+        self.vocabulary: np.ndarray | None = None  # fit_vocabulary: the map's visual words
 
     def prepare(self, image: np.ndarray) -> SiftFeatures:
         """Detect SIFT features once; keyframes keep them so each query only detects its own."""
@@ -81,9 +92,43 @@ class ClassicalMatcher:
         """Match prepared query features against prepared candidates."""
         return [self._match_features(query, c) for c in candidates]
 
-    def describe(self, prepared: SiftFeatures) -> None:
-        """No global descriptor: every keyframe is a candidate."""
-        return None
+    def fit_vocabulary(self, prepared: Sequence[SiftFeatures], seed: int = 0) -> None:
+        """Learn the VLAD vocabulary (``VLAD_WORDS`` k-means centres of RootSIFT) from the map's
+        own keyframes, so that ``describe`` gives a global descriptor and ``top_k`` applies to
+        this matcher too. Too few descriptors (an almost empty map) leave it unfitted."""
+        rows = [p.descriptors for p in prepared if p.descriptors is not None and len(p.descriptors)]
+        if not rows:
+            self.vocabulary = None
+            return
+        data = root_sift(np.concatenate(rows))
+        if len(data) < 4 * VLAD_WORDS:
+            self.vocabulary = None
+            return
+        rng = np.random.default_rng(seed)
+        if len(data) > VOCABULARY_SAMPLE:
+            data = data[rng.choice(len(data), VOCABULARY_SAMPLE, replace=False)]
+        cv2.setRNGSeed(seed)
+        criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-4)
+        _, _, centres = cv2.kmeans(data, VLAD_WORDS, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
+        self.vocabulary = centres.astype(np.float32)
+
+    def describe(self, prepared: SiftFeatures) -> np.ndarray | None:
+        """VLAD of the image's RootSIFT descriptors over the map's vocabulary (intra- and
+        power-normalised, unit length; 4096 floats); None before a vocabulary is fitted."""
+        vocabulary = self.vocabulary
+        if vocabulary is None:
+            return None
+        vlad = np.zeros_like(vocabulary)
+        if prepared.descriptors is not None and len(prepared.descriptors):
+            data = root_sift(prepared.descriptors)
+            distances = (data ** 2).sum(1)[:, None] - 2 * data @ vocabulary.T + (vocabulary ** 2).sum(1)[None]
+            words = distances.argmin(1)
+            np.add.at(vlad, words, data - vocabulary[words])
+            norms = np.linalg.norm(vlad, axis=1, keepdims=True)
+            vlad = np.divide(vlad, norms, out=np.zeros_like(vlad), where=norms > 0)
+        flat = np.sign(vlad) * np.sqrt(np.abs(vlad))
+        norm = float(np.linalg.norm(flat))
+        return (flat / norm if norm > 0 else flat).ravel().astype(np.float32)
 
     def _match_features(self, query: SiftFeatures, candidate: SiftFeatures) -> Matches:
         """Each (query point, candidate point) pair appears once."""

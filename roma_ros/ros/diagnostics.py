@@ -72,6 +72,7 @@ class DiagnosticsMixin:
             "prior": self.prior_status,
             "initialpose": self.initialpose_status,
             "initialpose_topic": self._initialpose_topic(),
+            **self._feature_status(),
         }
         message = f"{self.state}; {health_text}" if health_text else self.state
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: relocalization",
@@ -87,6 +88,15 @@ class DiagnosticsMixin:
         since = self.frames.since_last_frame(now)
         quiet = min(since, now - self._activated_at) if since is not None else now - self._activated_at
         return quiet if quiet > timeout else None
+
+    def _feature_status(self) -> dict[str, str]:
+        """The dense-feature LRU (feature_memory_mb): hits, misses, evictions, held MB."""
+        if self.relocalizer is None:
+            return {}
+        lru = self.relocalizer.features
+        return {"feature_hits": str(lru.stats.hits), "feature_misses": str(lru.stats.misses),
+                "feature_evictions": str(lru.stats.evictions), "feature_held": str(len(lru)),
+                "feature_memory_mb": f"{lru.bytes / 2**20:.1f}"}
 
     def _intrinsics_source(self) -> str:
         if self._camera_info is not None:

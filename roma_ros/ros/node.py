@@ -80,7 +80,7 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
         self.state = "unconfigured"
         self.last_error = ""
         self.relocalizer: Relocalizer | None = None
-        self.store = KeyframeStore(P.keyframes_dir(self.values))
+        self.store = KeyframeStore(P.keyframes_dir(self.values), lazy=True)  # no pixels held per keyframe
         self.frames = FrameAccounting()
         self.transport_gaps = SequenceGaps()
         self.accepted = 0

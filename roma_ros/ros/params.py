@@ -192,8 +192,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               "20 with model classical (calibrated)", live=True, minimum=0, model_defaults={CLASSICAL: 20}),
     ParamSpec("min_overlap", 0.0, "RoMa: accept only when the dense warp's mean certainty (overlap estimate) is at "
               "least this; 0 = off", live=True, minimum=0.0, maximum=1.0),
-    ParamSpec("top_k", 5, "keyframes verified per query, chosen by DINOv2 global-descriptor similarity; "
-              "0 = all (models without descriptors always use all)", live=True, minimum=0),
+    ParamSpec("feature_memory_mb", 2048.0, "dense keyframe features kept in memory (on the matcher's device), "
+              "least recently used first out; a query fetches its shortlist's (from the feature cache on disk, "
+              "or prepared again) when they were evicted. 0 = no bound (all held). Counters in /diagnostics",
+              minimum=0.0),
+    ParamSpec("top_k", 5, "keyframes verified per query, chosen by global-descriptor similarity (DINOv2 for "
+              "RoMa, VLAD of SIFT over a vocabulary from the map for classical); 0 = all", live=True, minimum=0),
     ParamSpec("pose.min_inliers", _POSE.min_inliers, "publish a pose only with at least this many PnP inliers",
               live=True, minimum=MIN_PNP_POINTS),
     ParamSpec("pose.reprojection_threshold", _POSE.reprojection_threshold,

@@ -2,6 +2,7 @@
 stored in one index update) and ~/reload_keyframes."""
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ class ServicesMixin:
             inputs, stored, missing = self._keyframe_inputs(rgb, header)
             try:
                 keyframe = self.store.add(rgb, self.relocalizer.keyframes, **inputs)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, sqlite3.Error) as exc:
                 response.success, response.message = False, printable(
                     f"could not write to {self.store.directory}: {exc}", MESSAGE_LIMIT)
                 return response

@@ -32,6 +32,7 @@ class WorkerMixin:
             if callable(item):  # a job from another thread (lifecycle.py's _in_worker)
                 item()
                 continue
+            self._follow_store()  # another process's adds and removals (store.poll)
             with self._busy:
                 try:
                     outcome = self._handle(item)
@@ -75,7 +76,8 @@ class WorkerMixin:
             config = P.matcher_config(self.values)
             self.get_logger().info(f"loading {config.model} on {config.device} ...")
             matcher = self._injected_matcher or build_matcher(config)
-            self.relocalizer = Relocalizer(matcher, P.decision_config(self.values), P.pose_config(self.values))
+            self.relocalizer = Relocalizer(matcher, P.decision_config(self.values), P.pose_config(self.values),
+                                           feature_memory_mb=float(self.values["feature_memory_mb"]))
             if self.values["warmup"] and config.model != "classical":
                 dummy = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
                 matcher.match(dummy, dummy)
@@ -88,6 +90,27 @@ class WorkerMixin:
         self.get_logger().info(f"matcher {matcher.name} ready on {matcher.device}")
         self._try_reload()
         return True
+
+    def _follow_store(self) -> None:
+        """Between queries: take up keyframes another process committed (one PRAGMA when none);
+        a removal or an edit there means a full reload."""
+        if self.relocalizer is None:
+            return
+        try:
+            change = self.store.poll()
+            if change is None:
+                return
+            if change.reload:
+                self._try_reload()
+                return
+            for keyframe in change.added:
+                self.relocalizer.add_keyframe(keyframe)
+            if change.added:
+                self._publish_keyframes()
+                self.state = "ready"
+                self.get_logger().info(f"{len(change.added)} keyframes added by another process")
+        except Exception as exc:  # a store problem must not cost the query
+            self._record_error("keyframes", f"following the keyframe store failed: {type(exc).__name__}: {exc}")
 
     def _try_reload(self) -> int | None:
         """``_reload``, with any failure reported in diagnostics instead of killing the thread."""
@@ -107,6 +130,9 @@ class WorkerMixin:
         assert self.relocalizer is not None
         cache = cache_for(self.relocalizer.matcher, self.store.directory)
         self.relocalizer.set_keyframes(keyframes, cache)
+        for warning in self.relocalizer.skipped:
+            self.get_logger().warning(warning)
+        keyframes = self.relocalizer.keyframes
         if cache is not None:
             for warning in cache.stats.warnings:
                 self.get_logger().warning(printable(warning, MESSAGE_LIMIT))

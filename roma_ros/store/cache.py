@@ -5,7 +5,8 @@ a hash of the image's resolved path, so no index entry can steer a write outside
 folder). The key names everything the features depend on (model, checkpoint identity,
 resolution, precision), so changing any of them simply uses another folder; each file also
 records a digest of the keyframe's pixels, so an edited image is re-encoded.
-A file that cannot be read is reported and recomputed, never fatal. A ``.cache`` that is a
+A file that cannot be read, or whose content is not finite tensors, is reported and
+recomputed (and rewritten), never trusted and never fatal. A ``.cache`` that is a
 symlink or lies outside the folder is refused with a warning: features then stay in memory.
 """
 from __future__ import annotations
@@ -27,6 +28,19 @@ __all__ = ["CACHE_DIR", "FeatureCache", "cache_for", "image_digest"]
 
 def image_digest(rgb: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode()).hexdigest()
+
+
+def feature_problem(features: Any) -> str:
+    """Why cached features cannot be used ("" when they can): a mapping of names to tensors,
+    floating ones finite (a NaN feature would make every query fail downstream)."""
+    if not isinstance(features, dict) or not features:
+        return f"features are {type(features).__name__}, not a mapping of tensors"
+    for key, value in features.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            return f"entry {str(key)[:40]!r} is {type(value).__name__}, not a tensor"
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"tensor {key!r} holds NaN or infinite values"
+    return ""
 
 
 @dataclass
@@ -59,10 +73,15 @@ class FeatureCache:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("digest") != digest:
                 return None  # the image changed since it was cached
-            return state["features"]
+            features = state.get("features")
         except Exception as exc:  # truncated or foreign file: recompute
             self.stats.warnings.append(f"feature cache file '{path}' is unreadable ({exc}); recomputing it")
             return None
+        problem = feature_problem(features)
+        if problem:  # the right digest does not make the content right: never trusted
+            self.stats.warnings.append(f"feature cache file '{path}' is corrupt ({problem}); recomputing it")
+            return None
+        return features
 
     def save(self, image_file: str, digest: str, features: dict[str, torch.Tensor]) -> None:
         path = self.path(image_file)
@@ -81,7 +100,7 @@ class FeatureCache:
                 prepared = matcher.import_prepared(rgb, features)
                 self.stats.loaded += 1
                 return prepared
-            except (KeyError, RuntimeError, ValueError) as exc:
+            except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
                 self.stats.warnings.append(f"feature cache for '{image_file}' does not fit the model ({exc}); recomputing")
         prepared = matcher.prepare(rgb)
         self.stats.computed += 1

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from roma_ros.core.imageio import ImageFileError, load_rgb
+from roma_ros.core.imageio import ImageFileError, load_rgb, replace_durably
 from roma_ros.store.depth import DepthFileError, valid_fraction
 from roma_ros.store.folder import (
     CACHE_DIR, DEPTH_DIR, TRASH_DIR, UnsafeFolderError, _parse_pose, cache_file_name, confined_subdir, entry_name,
@@ -34,6 +34,23 @@ def set_aside(entry: dict[str, Any], key: str, *more: str) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k not in moved} | {f"invalid_{k}": entry[k] for k in moved if k in entry}
 
 
+def is_file(path: Path) -> bool:
+    """``Path.is_file`` that says False for a name the file system refuses (ENAMETOOLONG, EACCES)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def free_name(target: Path) -> Path:
+    """``target``, or ``<stem>-2<suffix>``, ``-3``...: a file set aside never replaces another."""
+    candidate, n = target, 1
+    while candidate.exists():
+        n += 1
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+    return candidate
+
+
 def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
     """One line per problem; with ``repair`` each line ends with ``-> what was done``."""
     root = store.directory
@@ -45,9 +62,13 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
         report.append(f"{problem} -> {fix()}" if repair else problem)
 
     def move_aside(path: Path, folder: str) -> str:
-        target = root / folder / path.relative_to(root)
+        try:  # a planted .unreadable link must not carry the user's image out of the folder
+            target = confined_subdir(root, folder) / path.relative_to(root)
+        except UnsafeFolderError as exc:
+            return f"left in place: {exc}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        path.replace(target)
+        target = free_name(target)
+        replace_durably(path, target)
         return f"moved to {target.relative_to(root)}"
 
     def delete(path: Path) -> str:
@@ -70,12 +91,14 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
             found(f"leftover temp file {tmp.relative_to(root)} (an interrupted write)", lambda t=tmp: delete(t))
 
     store.warnings = []
+    report += store.index().recover()  # interrupted adds of dead writers undone, removals finished
     entries: list[Any] = store._read_index()
     original = copy.deepcopy(entries)
     index_broken = store._index_unreadable
     if index_broken:
         found(store.warnings[0], lambda: "kept as " + store.backup_unreadable_index().name)
-    listed = indexed_files(entries)
+    with store.index().read() as conn:  # files of adds in progress in other processes count as listed
+        listed = indexed_files(entries) | store.index().named_files(conn)
 
     try:
         trash_files = sorted(p for p in confined_subdir(root, TRASH_DIR).rglob("*") if p.is_file())
@@ -99,7 +122,7 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
             continue
         where += f" '{entry_name(entry)}'"
         try:
-            image = load_rgb(root / str(entry["image"]))
+            image = load_rgb(root / str(entry["image"]), max_pixels=store.max_pixels)
         except ImageFileError as exc:
             found(f"{where}: {exc}", lambda: "entry dropped (image file kept)")
             continue
@@ -124,7 +147,7 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
     unindexed = []
     for path in store.unindexed_images(indexed):
         try:
-            load_rgb(path)
+            load_rgb(path, max_pixels=store.max_pixels)
             unindexed.append({"name": path.stem, "image": path.name})
         except ImageFileError as exc:
             found(str(exc), lambda p=path: move_aside(p, UNREADABLE_DIR))
@@ -149,7 +172,7 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
         new_entries = [e for e, in_index in items if in_index or list_all]
         if new_entries != original or index_broken:
             store.write_index(new_entries)
-            report.append(f"wrote {store.index_path.name} with {len(new_entries)} entries")
+            report.append(f"wrote the index ({store.db_path.name}) with {len(new_entries)} entries")
 
     for folder in depth_folders:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -160,7 +183,7 @@ def check_store(store: KeyframeStore, repair: bool = False) -> list[str]:
 
     images = {str(e["image"]) for e in entries if isinstance(e, dict) and "image" in e}
     images |= {p.name for p in store.unindexed_images(set())}
-    in_use = {cache_file_name(root, f) for f in images if (root / f).is_file()}
+    in_use = {cache_file_name(root, f) for f in images if is_file(root / f)}
     for folder in cache_folders:
         for path in sorted(folder.rglob("*.pt")):
             if path.relative_to(folder).as_posix() not in in_use:

@@ -74,6 +74,13 @@ def load_depth(path: str | os.PathLike, scale: float | None = None) -> np.ndarra
 def read_depth_raw(path: str | os.PathLike) -> np.ndarray:
     """A depth file's array as stored (uint16 units or float metres), not yet converted."""
     path = Path(path)
+    try:
+        return _read_depth_raw(path)
+    except OSError as exc:  # ENAMETOOLONG, PermissionError, EIO: this depth map only, named
+        raise DepthFileError(f"depth file '{path}' cannot be read: {exc.strerror or exc}") from None
+
+
+def _read_depth_raw(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DepthFileError(f"depth file '{path}' does not exist")
     suffix = path.suffix.lower()
@@ -82,7 +89,7 @@ def read_depth_raw(path: str | os.PathLike) -> np.ndarray:
     if suffix == ".npy":
         try:
             raw = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, EOFError) as exc:
             raise DepthFileError(f"depth file '{path}' is not a readable .npy array ({exc})") from None
     else:
         data = np.fromfile(path, dtype=np.uint8)
