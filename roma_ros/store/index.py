@@ -30,6 +30,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,14 +135,30 @@ class KeyframeIndex:
                                      check_same_thread=False)
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-                raise IndexUnusable(f"{self.path}: SQLite could not switch to WAL mode (a network file system?)")
-            self._conn.execute("PRAGMA synchronous = FULL")  # an acknowledged add survives a power loss
-            self._create_or_migrate()
+            self._set_up()
         except BaseException:
             self._conn.close()
             raise
         self.owner = owner_token()
+
+    def _set_up(self) -> None:
+        """WAL mode and the schema. Two processes opening a new folder at once can meet SQLite's
+        "database is locked" here without its busy handler (switching the journal mode of a new
+        file), so this retries for up to BUSY_TIMEOUT_MS."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                    raise IndexUnusable(f"{self.path}: SQLite could not switch to WAL mode (a network file system?)")
+                self._conn.execute("PRAGMA synchronous = FULL")  # an acknowledged add survives a power loss
+                self._create_or_migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                time.sleep(0.05)
 
     def close(self) -> None:
         with self._lock:
