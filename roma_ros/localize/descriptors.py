@@ -6,7 +6,7 @@ about 15 ms at 10^5 x 1024 on this 2-core machine. Beyond ``FAISS_MIN`` keyframe
 lists, trained on the first search and again when the map has doubled) answers instead,
 probing a quarter of the lists; ``recall_vs_exact`` measures its recall against the exact
 search on any map (bench/store_scale.py reports it on clustered synthetic descriptors).
-Rows are kept in a buffer that doubles, so an add costs O(d), not a copy of the matrix.
+Rows are kept in a buffer that grows by an eighth, so an add costs amortised O(d), not a copy of the matrix.
 """
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ class DescriptorIndex:
         index.extend(rows)
         return index
 
+    @classmethod
+    def adopt(cls, matrix: np.ndarray, **kwargs) -> DescriptorIndex:
+        """An index over ``matrix`` (N, D) float32 itself, not a copy (a 10^5-keyframe map's
+        descriptors are 400 MB); the caller must not use the matrix afterwards."""
+        matrix = np.ascontiguousarray(matrix, np.float32)
+        index = cls(matrix.shape[1], **kwargs)
+        index._buffer, index._count = matrix, len(matrix)
+        return index
+
     def __len__(self) -> int:
         return self._count
 
@@ -72,7 +81,10 @@ class DescriptorIndex:
         with self._lock:
             need = self._count + len(rows)
             if need > len(self._buffer):
-                grown = np.zeros((max(need, 2 * len(self._buffer)), self.dim), np.float32)
+                # Grown by an eighth (at least 1024 rows): amortised O(d) per add, without a
+                # doubling that would hold 2x the descriptors of a 10^5 map after its first add.
+                spare = max(1024, len(self._buffer) // 8)
+                grown = np.zeros((max(need, len(self._buffer) + spare), self.dim), np.float32)
                 grown[:self._count] = self._buffer[:self._count]
                 self._buffer = grown
             self._buffer[self._count:need] = rows
