@@ -107,7 +107,7 @@ class WorkerMixin:
             for keyframe in change.added:
                 self.relocalizer.add_keyframe(keyframe)
             if change.added:
-                self._publish_keyframes()
+                self._keyframes_added(change.added)
                 self.state = "ready"
                 self.get_logger().info(f"{len(change.added)} keyframes added by another process")
         except Exception as exc:  # a store problem must not cost the query
