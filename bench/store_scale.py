@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
           "KeyframeStore.poll when nothing changed; follow: poll after another store added one; radius: "
           "R*Tree keyframes within 2 m; shortlist: exact descriptors @ query + partial sort (top_k "
           f"{args.top_k}) on SYNTHETIC clustered descriptors; fetch: top_k LRU misses read from the feature cache "
-          "(RoMa-560-sized SYNTHETIC files); desc MB: the float32 descriptor matrix of the synthetic rows; FAISS: DescriptorIndex IVF (float16 codes) per query, "
+          "(RoMa-560-sized SYNTHETIC files); desc MB: the float32 descriptor matrix of the synthetic rows; FAISS: DescriptorIndex IVF (float16 codes and rows) per query, "
           f"recall@{args.top_k} against exact, first-search build time. YAML: the store at {OLD_COMMIT}. "
           "start: the node's start (KeyframeStore(lazy=True).load + Relocalizer.set_keyframes reading the "
           "stored float16 descriptors, SYNTHETIC values; no keyframe prepared), its RSS growth after malloc_trim "

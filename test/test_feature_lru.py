@@ -130,8 +130,7 @@ def test_faiss_beyond_its_threshold_keeps_recall_and_takes_appends():
 
 def test_a_large_index_holds_float16_rows_and_float16_faiss_codes():
     """issue 19's memory bound at 10^5: beyond faiss_min the rows are float16 (half of float32)
-    and FAISS encodes them in float16 (no float32 IVF-Flat copy); rankings stay those of the
-    float32 search."""
+    and FAISS keeps float16 codes (no float32 IVF-Flat copy), with IVF-Flat's recall."""
     faiss = pytest.importorskip("faiss")
     from roma_ros.localize.descriptors import DescriptorIndex, exact_top, recall_vs_exact
 
@@ -151,7 +150,7 @@ def test_a_large_index_holds_float16_rows_and_float16_faiss_codes():
     recall = recall_vs_exact(index, queries, 5)
     ann = faiss.downcast_index(index._ann)
     assert isinstance(ann, faiss.IndexIVFScalarQuantizer)
-    # Against a float32 IVF-Flat with the same lists and probes: float16 costs no recall.
+    # Against a float32 IVF-Flat with the same lists and probes: the codes cost no recall.
     flat = faiss.IndexIVFFlat(faiss.IndexFlatIP(128), 128, ann.nlist, faiss.METRIC_INNER_PRODUCT)
     flat.train(rows[np.sort(np.random.default_rng(0).choice(20000, 40 * ann.nlist, replace=False))])
     flat.add(rows)

@@ -231,6 +231,14 @@ class KeyframeIndex:
                 "SELECT id, seq, entry FROM keyframes WHERE state='ok' AND seq > ? ORDER BY seq", (after_seq,))
             return [Row(i, s, json.loads(e)) for i, s, e in cursor]
 
+    def iter_entries(self) -> Iterator[Any]:
+        """Committed entries in load order, parsed one at a time: a 10^5-row load then never
+        holds every row's parsed JSON at once (those transients, interleaved with the kept
+        keyframes, would stay in the process's memory as fragmentation)."""
+        with self.read() as db:
+            for (entry,) in db.execute("SELECT entry FROM keyframes WHERE state='ok' ORDER BY seq"):
+                yield json.loads(entry)
+
     def summary(self, db: sqlite3.Connection | None = None) -> tuple[int, int]:
         """(committed entries, largest seq)."""
         with self._lock:
