@@ -305,7 +305,7 @@ def test_the_documented_commands_run_and_the_documented_schema_is_the_code(tmp_p
     schema = DOC.read_text().split("## Schema", 1)[1]
     assert f"(version {index_module.SCHEMA_VERSION})" in schema.splitlines()[0]
     db = store.index()._conn
-    for table in ("meta", "keyframes", "pending_deletes", "positions"):
+    for table in ("meta", "keyframes", "pending_deletes", "positions", "descriptors", "vocabularies"):
         columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
         documented = re.search(rf"CREATE (?:VIRTUAL )?TABLE {table} .*?\);", schema, re.S).group(0)
         assert all(re.search(rf"\b{c}\b", documented) for c in columns), (table, columns)
