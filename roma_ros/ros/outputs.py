@@ -135,8 +135,9 @@ class OutputsMixin:
 
     def _flush_keyframes(self) -> None:
         """The whole array once ``keyframes_period`` has passed since the last one, when keyframes
-        were added since (a timer calls this; cheap otherwise)."""
+        were added since (a timer calls this; cheap otherwise). Not while inactive: activation
+        publishes it whole anyway."""
         last, pending = getattr(self, "_keyframes_state", (0.0, False))
         period = float(self.values["keyframes_period"])
-        if pending and period > 0 and time.monotonic() - last >= period and self._outputs:
+        if pending and period > 0 and time.monotonic() - last >= period and self._outputs and self._active:
             self._publish_keyframes()

@@ -520,8 +520,11 @@ class KeyframeStore:
                 keyframe = self._keyframe(entry, f"{self.index_path} entry {number}")
                 if keyframe is not None:
                     keyframes.append(keyframe)
-        finally:
+        finally:  # an exception mid-way must not leave the index's read transaction open
             self._intrinsics = {}
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()
         adopted = []
         for path in self.unindexed_images(named | busy):
             try:
