@@ -36,8 +36,19 @@ from roma_ros.localize.descriptors import DescriptorIndex, recall_vs_exact  # no
 from roma_ros.localize.pipeline import shortlist  # noqa: E402
 from roma_ros.store import KeyframeStore  # noqa: E402
 from roma_ros.store.index import KeyframeIndex  # noqa: E402
+from roma_ros.store.persisted import PersistedDescriptors  # noqa: E402
+from roma_ros.localize.pipeline import Relocalizer  # noqa: E402
 
 OLD_COMMIT = "67e2f94"
+
+
+def trim() -> None:
+    """Return freed memory to the system (glibc), so RSS growth is what is held."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rss_mb() -> float:
@@ -105,6 +116,42 @@ def fetch_time(folder: Path, top_k: int, rng: np.random.Generator) -> float:
     return best
 
 
+class StoredOnly:
+    """A matcher whose descriptors all come from the index: any keyframe preparation fails
+    the run, so start_s measures what the node does once a map has been described."""
+
+    name, device = "bench-synthetic", "cpu"
+
+    def descriptor_key(self) -> str:
+        return "bench-synthetic-1024"
+
+    def prepare(self, image):
+        raise AssertionError("a keyframe was prepared although its descriptor is stored")
+
+    def describe(self, prepared):
+        raise AssertionError("describe called")
+
+
+def store_descriptors(folder: Path, descriptors: np.ndarray) -> None:
+    """The SYNTHETIC descriptors written to the index as the node writes computed ones."""
+    persisted = PersistedDescriptors(KeyframeStore(folder))
+    for start in range(0, len(descriptors), 10_000):
+        persisted.save(StoredOnly().descriptor_key(),
+                       [(type("K", (), {"image_file": f"kf{i:06d}.png"})(), descriptors[i])
+                        for i in range(start, min(start + 10_000, len(descriptors)))])
+    persisted.store.close()
+
+
+def node_start(folder: Path, reloc: Relocalizer) -> int:
+    """What the node's start and ~/reload_keyframes do: a lazy load, then set_keyframes with the
+    stored descriptors (one query, no keyframe prepared)."""
+    store = KeyframeStore(folder, lazy=True)
+    keyframes = store.load()
+    reloc.set_keyframes(keyframes, None, PersistedDescriptors(store))
+    store.close()
+    return len(reloc.keyframes)
+
+
 def timed(fn):
     start = time.perf_counter()
     result = fn()
@@ -141,6 +188,23 @@ def main(argv: list[str] | None = None) -> None:
             lazy_keyframes, lazy_s = timed(KeyframeStore(folder, lazy=True).load)  # what the node does
             lazy_mb = rss_mb() - base
             del lazy_keyframes
+            descriptors = clustered(n, args.dim, rng)  # float32, as Relocalizer keeps them
+            _, store_desc_s = timed(lambda: store_descriptors(folder, descriptors))
+            trim()
+            base = rss_mb()
+            reloc = Relocalizer(StoredOnly())
+            count, start_s = timed(lambda: node_start(folder, reloc))
+            assert count == n and reloc._descriptors_matrix.shape == (n, args.dim), reloc.skipped[:3]
+            trim()
+            start_mb = rss_mb() - base
+            # The first query's shortlist (builds the FAISS index beyond faiss_min): what is held then.
+            _, first_search_s = timed(lambda: reloc._descriptors.search(descriptors[1], args.top_k))
+            trim()
+            held_mb = rss_mb() - base
+            search_s = min(timed(lambda q=q: reloc._descriptors.search(q, args.top_k))[1] for q in descriptors[:20])
+            _, node_reload_s = timed(lambda: node_start(folder, reloc))
+            del reloc
+            trim()
             image = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
             add_times = [timed(lambda: store.add(image, [], name="added"))[1] for _ in range(args.adds)]
             poll_s = min(timed(store.poll)[1] for _ in range(20))
@@ -149,7 +213,6 @@ def main(argv: list[str] | None = None) -> None:
             change, follow_s = timed(store.poll)
             assert change is not None and [k.name for k in change.added] == ["other"]
             within_s = timed(lambda: store.index().within((100.0, 100.0, 0.0), 2.0))[1]
-            descriptors = clustered(n, args.dim, rng)  # float32, as Relocalizer keeps them
             queries = descriptors[rng.integers(0, n, args.queries)] + 0.02 * rng.standard_normal(
                 (args.queries, args.dim)).astype(np.float32)
             query = queries[0]
@@ -166,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
                                  "faiss_recall": recall_vs_exact(index, queries, args.top_k)}
                 del index
             row = {"n": n, "generate_s": gen_s, "load_s": load_s, "reload_s": reload_s, "load_mb": load_mb,
-                   "lazy_load_s": lazy_s, "lazy_mb": lazy_mb,
+                   "lazy_load_s": lazy_s, "lazy_mb": lazy_mb, "store_descriptors_s": store_desc_s,
+                   "start_s": start_s, "node_reload_s": node_reload_s, "start_mb": start_mb,
+                   "first_search_s": first_search_s, "held_mb": held_mb, "node_shortlist_ms": 1000 * search_s,
                    "add_ms": 1000 * float(np.mean(add_times)), "add_max_ms": 1000 * max(add_times),
                    "poll_us": 1e6 * poll_s, "follow_ms": 1000 * follow_s, "within_ms": 1000 * within_s,
                    "shortlist_ms": 1000 * short_s, "fetch_ms": 1000 * fetch_s,
@@ -188,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'N':>7} {'start s':>7} {'reload s':>8} {'start MB':>8} {'1st search s':>12} {'held MB':>7} "
+          f"{'shortlist ms':>12}  (the node: lazy load + set_keyframes on stored descriptors)")
+    for r in rows:
+        print(f"{r['n']:>7} {r['start_s']:>7.2f} {r['node_reload_s']:>8.2f} {r['start_mb']:>8.0f} "
+              f"{r['first_search_s']:>12.2f} {r['held_mb']:>7.0f} {r['node_shortlist_ms']:>12.2f}")
     print(f"\n{'N':>7} {'load s':>7} {'reload s':>8} {'load MB':>7} {'lazy s':>6} {'lazy MB':>7} {'add ms':>7} {'add max':>7} {'poll us':>7} "
           f"{'follow ms':>9} {'radius ms':>9} {'shortlist ms':>12} {'fetch ms':>8} {'desc MB':>7} | "
           f"{'FAISS ms':>8} {'recall':>6} {'build s':>7} | {'YAML load s':>11} {'YAML add ms':>11}")
@@ -206,8 +276,14 @@ def main(argv: list[str] | None = None) -> None:
           "KeyframeStore.poll when nothing changed; follow: poll after another store added one; radius: "
           "R*Tree keyframes within 2 m; shortlist: exact descriptors @ query + partial sort (top_k "
           f"{args.top_k}) on SYNTHETIC clustered descriptors; fetch: top_k LRU misses read from the feature cache "
-          "(RoMa-560-sized SYNTHETIC files); desc MB: the float32 descriptor matrix; FAISS: IVF-Flat per query, "
-          f"recall@{args.top_k} against exact, first-search build time. YAML: the store at {OLD_COMMIT}.")
+          "(RoMa-560-sized SYNTHETIC files); desc MB: the float32 descriptor matrix of the synthetic rows; FAISS: DescriptorIndex IVF (float16 codes and rows) per query, "
+          f"recall@{args.top_k} against exact, first-search build time. YAML: the store at {OLD_COMMIT}. "
+          "start: the node's start (KeyframeStore(lazy=True).load + Relocalizer.set_keyframes reading the "
+          "stored float16 descriptors, SYNTHETIC values; no keyframe prepared), its RSS growth after malloc_trim "
+          "(the keyframe records + the descriptor matrix); 1st search: the first query's shortlist (builds the FAISS "
+          "index beyond 50 000); held MB: RSS growth after it (records + matrix + FAISS: the node's memory beyond "
+          "the LRU); shortlist: DescriptorIndex.search, best of 20 (FAISS beyond 50 000); reload: the same start "
+          "again on the loaded Relocalizer (~/reload_keyframes).")
 
 
 if __name__ == "__main__":

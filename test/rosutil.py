@@ -54,6 +54,7 @@ class Probe(Node):
         self.markers: list[MarkerArray] = []
         self.diagnostics: list[DiagnosticArray] = []
         self.keyframes: list[PoseArray] = []
+        self.keyframes_added: list[PoseArray] = []
         self.debug: list[Image] = []
         self.pub_image = self.create_publisher(Image, image_topic, RELIABLE)
         self.pub_compressed = self.create_publisher(CompressedImage, image_topic + "/compressed", RELIABLE)
@@ -61,6 +62,7 @@ class Probe(Node):
         self.create_subscription(MarkerArray, f"{target}/markers", self.markers.append, RELIABLE)
         self.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, RELIABLE)
         self.create_subscription(PoseArray, f"{target}/keyframes", self.keyframes.append, LATCHED)
+        self.create_subscription(PoseArray, f"{target}/keyframes_added", self.keyframes_added.append, RELIABLE)
         self.create_subscription(Image, f"{target}/debug_image", self.debug.append, 1)
         self.add_client = self.create_client(Trigger, f"{target}/add_keyframe")
         self.reload_client = self.create_client(Trigger, f"{target}/reload_keyframes")

@@ -149,7 +149,11 @@ def test_node_adds_keyframes_through_the_cache(ros, roma_model, tmp_path):
         assert len(list(cache.folder.glob("*.pt"))) == 3
         assert probe.call(probe.reload_client).success
         reloaded = node.relocalizer.cache
-        assert reloaded.stats.loaded == 3 and reloaded.stats.computed == 0 and len(runs) == 2
+        # The reload reads the descriptors from the index (issue 19): no feature file is read,
+        # nothing encoded; a query then reads its shortlist's features from the cache.
+        assert reloaded.stats.loaded == 0 and reloaded.stats.computed == 0 and len(runs) == 2
+        probe.send(make_pair("chelsea", seed=1, size=(90, 120)).query, timeout=120)
+        assert reloaded.stats.loaded == 3 and reloaded.stats.computed == 0 and len(runs) == 3
         wait_for(lambda: node.state == "ready", 5, "ready")
     finally:
         spinner.shut_down()

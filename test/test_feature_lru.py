@@ -128,13 +128,49 @@ def test_faiss_beyond_its_threshold_keeps_recall_and_takes_appends():
     assert not small.uses_faiss() and recall_vs_exact(small, queries, 5) == 1.0  # exact below it
 
 
+def test_a_large_index_holds_float16_rows_and_float16_faiss_codes():
+    """issue 19's memory bound at 10^5: beyond faiss_min the rows are float16 (half of float32)
+    and FAISS keeps float16 codes (no float32 IVF-Flat copy), with IVF-Flat's recall."""
+    faiss = pytest.importorskip("faiss")
+    from roma_ros.localize.descriptors import DescriptorIndex, exact_top, recall_vs_exact
+
+    rng = np.random.default_rng(5)
+    rows = clustered(20000, 128, rng)
+    small = DescriptorIndex.of(rows[:3000], faiss_min=10000)
+    assert small.matrix.dtype == np.float32  # below it: float32 for the BLAS exact search
+    index = DescriptorIndex.adopt(rows.copy(), faiss_min=10000)
+    assert index.matrix.dtype == np.float16 and index._buffer.nbytes == 20000 * 128 * 2
+    queries = rows[rng.integers(0, 20000, 50)] + 0.3 * rng.standard_normal((50, 128)).astype(np.float32)
+    rounded = rows.astype(np.float16).astype(np.float32)
+    for query in queries[:5]:  # the chunked float16 exact search computes what float32 BLAS does
+        order, similarity = exact_top(index.matrix, query, 5)
+        np.testing.assert_allclose(similarity, exact_top(rounded, query, 5)[1], atol=1e-5)
+        np.testing.assert_allclose(similarity, rounded[order] @ query, atol=1e-5)
+        assert len(set(order.tolist()) & set(exact_top(rows, query, 5)[0].tolist())) >= 4  # fp16: near-ties only
+    recall = recall_vs_exact(index, queries, 5)
+    ann = faiss.downcast_index(index._ann)
+    assert isinstance(ann, faiss.IndexIVFScalarQuantizer)
+    # Against a float32 IVF-Flat with the same lists and probes: the codes cost no recall.
+    flat = faiss.IndexIVFFlat(faiss.IndexFlatIP(128), 128, ann.nlist, faiss.METRIC_INNER_PRODUCT)
+    flat.train(rows[np.sort(np.random.default_rng(0).choice(20000, 40 * ann.nlist, replace=False))])
+    flat.add(rows)
+    flat.nprobe = ann.nprobe
+    found = flat.search(queries, 5)[1]
+    flat_recall = np.mean([len(set(f) & set(exact_top(rows, q, 5)[0].tolist())) / 5 for f, q in zip(found, queries)])
+    assert recall >= 0.85 and recall >= flat_recall - 0.02, (recall, flat_recall)
+    grown = DescriptorIndex.of(rows[:9999], faiss_min=10000)
+    grown.extend(rows[9999:10100])  # crossing the threshold by appends converts once
+    assert grown.matrix.dtype == np.float16 and len(grown) == 10100
+    assert grown.search(rows[10050], 1)[0] == [10050]
+
+
 def test_relocalizer_adds_descriptors_in_place_not_by_copying_the_matrix():
     reloc = Relocalizer(TensorMatcher(), DecisionConfig(top_k=2, min_inliers=0), feature_memory_mb=1)
     grown = []
     for i in range(300):
         reloc.add_keyframe(keyframe(f"k{i}", np.full((8, 8, 3), i % 250, np.uint8)))
         grown.append(id(reloc._descriptors._buffer))
-    assert len(set(grown)) <= 6  # the buffer doubles: a handful of copies for 300 adds, not 300
+    assert len(set(grown)) <= 6  # the buffer grows by 1024 rows or an eighth: a handful of copies, not 300
     assert reloc._descriptors_matrix.shape == (300, 16)
     assert len(reloc.process(np.full((8, 8, 3), 7, np.uint8)).candidates) == 2
 

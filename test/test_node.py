@@ -94,6 +94,37 @@ def test_keyframe_poses_are_latched(running):
     assert [p.position.x for p in poses.poses] == [0.0, 1.0, 2.0]
 
 
+@pytest.mark.parametrize("period", [3600.0, 0.5])
+def test_an_addition_publishes_only_the_new_pose_and_the_whole_array_at_most_every_period(ros, tmp_path, pairs,
+                                                                                           period):
+    """issue 19: ~/keyframes is not republished whole after each addition (seconds at 10^5
+    keyframes): the added poses go out on ~/keyframes_added, the whole array after at most
+    keyframes_period, and always on a reload."""
+    write_keyframes(tmp_path / "kf", pairs)
+    node, probe, spinner = start(ros, tmp_path / "kf", keyframes_period=period)
+    try:
+        wait_for(lambda: probe.keyframes, 10, "the latched keyframe PoseArray")
+        wait_for(lambda: node.pub_keyframes_added.get_subscription_count() > 0, 10, "the added subscription")
+        probe.send(make_pair("rocket", seed=2).query)
+        for _ in range(2):
+            assert probe.call(probe.add_client).success
+        added = wait_for(lambda: probe.keyframes_added[1:2], 10, "two ~/keyframes_added messages")
+        assert [len(m.poses) for m in probe.keyframes_added] == [1, 1] and added[0].header.frame_id == "map"
+        if period > 100:
+            time.sleep(1.5)  # the throttle timer runs every 0.25 s: nothing whole goes out
+            assert len(probe.keyframes) == 1 and len(probe.keyframes[0].poses) == 3
+        else:  # both additions within one period: one whole array after it, not one per addition
+            whole = wait_for(lambda: probe.keyframes[1:2], 10, "the throttled whole array")
+            assert len(whole[0].poses) == 5 and [p.position.x for p in whole[0].poses][:3] == [0.0, 1.0, 2.0]
+            time.sleep(1.5)
+            assert len(probe.keyframes) == 2
+        assert probe.call(probe.reload_client).success
+        reloaded = wait_for(lambda: [m for m in probe.keyframes[1:] if len(m.poses) == 5], 10, "the array on reload")
+        assert reloaded
+    finally:
+        spinner.shut_down()
+
+
 def test_debug_image_only_when_subscribed(running, pairs):
     node, probe = running
     wait_for(lambda: node.pub_debug.get_subscription_count() > 0, 10, "debug subscription")

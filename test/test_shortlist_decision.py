@@ -55,7 +55,9 @@ def test_descriptors_are_unit_vectors_from_dino(roma_reloc):
     reloc, _ = roma_reloc
     matrix = reloc._descriptors_matrix
     assert matrix.shape == (len(PHOTOS), 1024)
-    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+    # Rounded through float16 as the index stores them (store/persisted.py): unit to ~1e-5.
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(matrix, matrix.astype(np.float16).astype(np.float32))
 
 
 def test_easy_query_ranks_its_keyframe_first_and_only_top_k_are_decoded(roma_reloc):

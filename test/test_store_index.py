@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
 
 import numpy as np
 import pytest
@@ -213,23 +215,43 @@ def test_schema_versions_migrate_or_are_refused(tmp_path, monkeypatch):
     kf = tmp_path / "kf"
     KeyframeStore(kf).add(np.full((20, 30, 3), 3, np.uint8), [], name="old")
     calls = []
+    now = index_module.SCHEMA_VERSION
 
-    def to_v2(db):
-        calls.append("v1->v2")
+    def to_next(db):
+        calls.append(f"v{now}->v{now + 1}")
         db.execute("ALTER TABLE keyframes ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(index_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(index_module.MIGRATIONS, 1, to_v2)
+    monkeypatch.setattr(index_module, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setitem(index_module.MIGRATIONS, now, to_next)
     store = KeyframeStore(kf)
-    assert [k.name for k in store.load()] == ["old"] and calls == ["v1->v2"]
-    assert store.index().meta("schema_version") == "2"
+    assert [k.name for k in store.load()] == ["old"] and calls == [f"v{now}->v{now + 1}"]
+    assert store.index().meta("schema_version") == str(now + 1)
     store.close()
-    monkeypatch.setattr(index_module, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(index_module, "SCHEMA_VERSION", now)
     store = KeyframeStore(kf)
     loaded = store.load()  # the images are still used; nothing is written to the newer index
-    assert [k.name for k in loaded] == ["old"] and "schema version 2, newer than this roma_ros (1)" in store.warnings[0]
+    assert [k.name for k in loaded] == ["old"]
+    assert f"schema version {now + 1}, newer than this roma_ros ({now})" in store.warnings[0]
     with pytest.raises(ValueError, match="newer than this roma_ros"):
         store.add(np.zeros((20, 30, 3), np.uint8), [])
+
+
+def test_a_version_1_index_gains_the_descriptor_tables(tmp_path):
+    """Schema 1 (issue 19's first index) had no descriptor or vocabulary table: opening it
+    adds them, keeps every row, and descriptors can then be stored."""
+    kf = tmp_path / "kf"
+    KeyframeStore(kf).add(np.full((20, 30, 3), 3, np.uint8), [], name="old")
+    db = sqlite3.connect(kf / "keyframes.db")
+    db.execute("DROP TABLE descriptors")
+    db.execute("DROP TABLE vocabularies")
+    db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    store = KeyframeStore(kf)
+    assert [k.name for k in store.load()] == ["old"]
+    assert store.index().meta("schema_version") == "2"
+    store.index().save_descriptors("m", [("old.png", "1:2", b"\x00\x3c" * 4)])
+    assert [(i, s, bytes(d)) for i, s, d in store.index().descriptors("m")] == [("old.png", "1:2", b"\x00\x3c" * 4)]
 
 
 def test_keyframes_within_a_radius_come_from_the_r_tree(tmp_path):
@@ -283,7 +305,7 @@ def test_the_documented_commands_run_and_the_documented_schema_is_the_code(tmp_p
     schema = DOC.read_text().split("## Schema", 1)[1]
     assert f"(version {index_module.SCHEMA_VERSION})" in schema.splitlines()[0]
     db = store.index()._conn
-    for table in ("meta", "keyframes", "pending_deletes", "positions"):
+    for table in ("meta", "keyframes", "pending_deletes", "positions", "descriptors", "vocabularies"):
         columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
         documented = re.search(rf"CREATE (?:VIRTUAL )?TABLE {table} .*?\);", schema, re.S).group(0)
         assert all(re.search(rf"\b{c}\b", documented) for c in columns), (table, columns)

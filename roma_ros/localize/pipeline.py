@@ -28,6 +28,7 @@ from roma_ros.localize.pose import (
 from roma_ros.core.imageio import ImageFileError
 from roma_ros.store import Keyframe
 from roma_ros.store.cache import FeatureCache
+from roma_ros.store.persisted import PersistedDescriptors, as_stored
 
 
 @dataclass
@@ -145,6 +146,7 @@ class Relocalizer:
         self.keyframes: list[Keyframe] = []
         self.features = FeatureLRU(self.feature_budget)
         self.cache: FeatureCache | None = None
+        self.persisted: PersistedDescriptors | None = None  # the store's descriptor table, if any
         self.skipped: list[str] = []  # keyframes the last set_keyframes could not read, and why
         self._descriptors: DescriptorIndex | None = None
         self._lock = threading.Lock()  # guards the lists
@@ -160,15 +162,52 @@ class Relocalizer:
         """All keyframes' descriptors (N, D), or None when some keyframe has none."""
         return None if self._descriptors is None else self._descriptors.matrix
 
+    def _describe(self, prepared: Any) -> np.ndarray | None:
+        """The matcher's descriptor as the index stores it (float16-rounded, see store/persisted.py),
+        so that a keyframe ranks the same before and after a restart."""
+        descriptor = self.matcher.describe(prepared)
+        return None if descriptor is None else as_stored(descriptor)
+
     def _describe_all(self, prepared: list[Any]) -> DescriptorIndex | None:
-        described = [self.matcher.describe(p) for p in prepared]
+        described = [self._describe(p) for p in prepared]
         if not described or any(d is None for d in described):
             return None
-        return DescriptorIndex.of(np.stack(described).astype(np.float32))
+        return DescriptorIndex.of(np.stack(described))
 
-    def set_keyframes(self, keyframes: list[Keyframe], cache: FeatureCache | None = None) -> None:
+    def _descriptor_key(self) -> str | None:
+        key = getattr(self.matcher, "descriptor_key", None)
+        return key() if callable(key) else None
+
+    def _use_vocabulary(self, keyframes: list[Keyframe], persisted: PersistedDescriptors | None,
+                        fit: Callable[[list[Any]], None]) -> dict[int, Any]:
+        """The classical matcher's vocabulary: the map's stored one while it was learnt from
+        enough of the map (at least half of it, up to VOCABULARY_KEYFRAMES), else learnt again
+        from a sample of keyframes, which are returned prepared (index -> prepared)."""
+        wanted = min(self.VOCABULARY_KEYFRAMES, len(keyframes) // 2)
+        named = getattr(self.matcher, "vocabulary_key", None)
+        key = named() if persisted is not None and callable(named) else None
+        stored = persisted.vocabulary(key) if key is not None else None
+        if stored is not None and stored[0] >= wanted:
+            with contextlib.suppress(ValueError):  # a damaged row: learnt again below
+                self.matcher.set_vocabulary(stored[1])
+                return {}
+        sample: dict[int, Any] = {}
+        step = max(1, len(keyframes) // self.VOCABULARY_KEYFRAMES)
+        for i in range(0, len(keyframes), step):
+            with contextlib.suppress(ImageFileError):  # reported by set_keyframes, where it is skipped
+                sample[i] = self._prepare(keyframes[i])
+        fit(list(sample.values()))
+        if key is not None and self.matcher.vocabulary is not None:
+            persisted.save_vocabulary(key, len(sample), self.matcher.vocabulary)
+        return sample
+
+    def set_keyframes(self, keyframes: list[Keyframe], cache: FeatureCache | None = None,
+                      persisted: PersistedDescriptors | None = None) -> None:
         """Use these keyframes; with a cache, features come from disk where possible. Only
-        their descriptors are kept for all; dense features while the budget allows."""
+        their descriptors are kept for all; dense features while the budget allows. With
+        ``persisted`` (the store's descriptor table), descriptors stored for this matcher are
+        read in one query and only the missing ones computed (and stored), so a start costs
+        no keyframe preparation once the map has been described."""
         features = FeatureLRU(self.feature_budget)
         fit = getattr(self.matcher, "fit_vocabulary", None)
         # A vocabulary from the map (classical VLAD) changes what describe() gives, so queries
@@ -177,37 +216,53 @@ class Relocalizer:
         whole = self._compute if fit is not None else contextlib.nullcontext()
         each = contextlib.nullcontext() if fit is not None else self._compute
         with whole:
-            self.cache = cache
-            sample: dict[int, Any] = {}
-            if fit is not None:
-                step = max(1, len(keyframes) // self.VOCABULARY_KEYFRAMES)
-                for i in range(0, len(keyframes), step):
-                    with contextlib.suppress(ImageFileError):  # reported below, where it is skipped
-                        sample[i] = self._prepare(keyframes[i])
-                fit(list(sample.values()))
-            described: list[Any] = []
+            self.cache, self.persisted = cache, persisted
+            if persisted is not None:
+                persisted.warnings.clear()
+            sample = self._use_vocabulary(keyframes, persisted, fit) if fit is not None else {}
+            key = self._descriptor_key()
+            stored, found = (persisted.load(key, keyframes) if persisted is not None and key is not None
+                             else (None, np.zeros(len(keyframes), bool)))
+            vectors, sources, undescribed = stored, [], False  # vectors: (N, D), filled in place
             kept: list[Keyframe] = []
             skipped: list[str] = []
+            new: list[tuple[Keyframe, np.ndarray]] = []
             for i, keyframe in enumerate(keyframes):
+                if found[i] and i not in sample:  # no preparation: dense features come on demand
+                    sources.append(i)
+                    kept.append(keyframe)
+                    continue
                 try:  # a lazy keyframe's file may have gone bad since the store checked it
                     with each:
                         prepared = sample.pop(i) if i in sample else self._prepare(keyframe)
-                        described.append(self.matcher.describe(prepared))
+                        descriptor = self._describe(prepared)
                 except ImageFileError as exc:
                     skipped.append(f"keyframe '{keyframe.name}' skipped: {exc}")
                     continue
+                if descriptor is None:
+                    undescribed = True
+                else:
+                    if vectors is None:
+                        vectors = np.zeros((len(keyframes), len(descriptor)), np.float32)
+                    vectors[i] = descriptor
+                    new.append((keyframe, descriptor))
                 features.put(len(kept), prepared)
+                sources.append(i)
                 kept.append(keyframe)
-            descriptors = (None if not described or any(d is None for d in described)
-                           else DescriptorIndex.of(np.stack(described).astype(np.float32)))
+            descriptors = None
+            if vectors is not None and kept and not undescribed:  # no copy unless keyframes were skipped
+                descriptors = DescriptorIndex.adopt(vectors if len(sources) == len(keyframes) else vectors[sources])
+            del vectors, stored
+            if persisted is not None and key is not None and new:
+                persisted.save(key, new)
         with self._lock:  # the swap: queries from here on use the new set
             self.keyframes, self.features, self._descriptors = kept, features, descriptors
-            self.skipped = skipped
+            self.skipped = skipped + (persisted.warnings if persisted is not None else [])
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
         with self._compute:
             prepared = self._prepare(keyframe)
-            descriptor = self.matcher.describe(prepared)
+            descriptor = self._describe(prepared)
             fit = getattr(self.matcher, "fit_vocabulary", None)
             refit = None
             if descriptor is None and fit is not None:  # a map too small for a vocabulary so far
@@ -216,6 +271,16 @@ class Relocalizer:
                 everything = [features.get(i, lambda k=k: self._prepare(k)) for i, k in enumerate(known)]
                 fit([*everything, prepared])
                 refit = self._describe_all([*everything, prepared])
+                if refit is not None and self.persisted is not None and hasattr(self.matcher, "vocabulary_key"):
+                    self.persisted.save_vocabulary(self.matcher.vocabulary_key(), len(everything) + 1,
+                                                   self.matcher.vocabulary)
+                    key = self._descriptor_key()
+                    if key is not None:
+                        self.persisted.save(key, list(zip([*known, keyframe], refit.matrix)))
+            elif descriptor is not None and self.persisted is not None:
+                key = self._descriptor_key()
+                if key is not None:
+                    self.persisted.save(key, [(keyframe, descriptor)])
         with self._lock:
             index = len(self.keyframes)
             self.features.put(index, prepared)

@@ -5,6 +5,7 @@ reference to show how much RoMa gains under large viewpoint change.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,6 +112,25 @@ class ClassicalMatcher:
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-4)
         _, _, centres = cv2.kmeans(data, VLAD_WORDS, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
         self.vocabulary = centres.astype(np.float32)
+
+    def vocabulary_key(self) -> str:
+        """Under which name the map keeps this matcher's vocabulary (store/persisted.py)."""
+        return f"classical-vlad{VLAD_WORDS}-rootsift"
+
+    def set_vocabulary(self, words: np.ndarray) -> None:
+        """Use a vocabulary learnt before (read back from the map); a wrong size is refused."""
+        words = np.asarray(words, np.float32)
+        if words.size != VLAD_WORDS * 128 or not np.isfinite(words).all():
+            raise ValueError(f"a vocabulary needs {VLAD_WORDS} x 128 finite floats, got {words.size} values")
+        self.vocabulary = words.reshape(VLAD_WORDS, 128).copy()
+
+    def descriptor_key(self) -> str | None:
+        """What ``describe`` depends on: the vocabulary (its hash) and the SIFT settings."""
+        vocabulary = self.vocabulary
+        if vocabulary is None:
+            return None
+        digest = hashlib.sha1(np.ascontiguousarray(vocabulary, np.float32).tobytes()).hexdigest()[:16]
+        return f"{self.vocabulary_key()}-{digest}-n{self.num_features}{'-up' if self.precise_upscale else ''}"
 
     def describe(self, prepared: SiftFeatures) -> np.ndarray | None:
         """VLAD of the image's RootSIFT descriptors over the map's vocabulary (intra- and

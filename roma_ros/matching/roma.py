@@ -430,6 +430,10 @@ class RomaMatcher(DenseMatcher):
             encoded.ready = (coarse, pyramid("ready_fine_") or None)
         return encoded
 
+    def descriptor_key(self) -> str:
+        """Global descriptors depend on what the cached features do (store/persisted.py)."""
+        return self.cache_key()
+
     def describe(self, encoded: EncodedImage) -> np.ndarray:
         """Global descriptor for the shortlist from the DINOv2 features the matcher computes
         anyway: generalized-mean (p=3) pooling of the patch tokens, L2-normalized."""

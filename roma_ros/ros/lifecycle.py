@@ -112,11 +112,14 @@ class LifecycleMixin:
         self.pub_matches = create(PointCloud2, "~/matches", 10)
         self.pub_debug = create(Image, "~/debug_image", 1)
         self.pub_keyframes = create(PoseArray, "~/keyframes", latched)
+        # Only the poses just added (outputs.py): volatile, a late subscriber gets ~/keyframes.
+        self.pub_keyframes_added = create(PoseArray, "~/keyframes_added", QoSProfile(
+            depth=100, durability=DurabilityPolicy.VOLATILE, reliability=ReliabilityPolicy.RELIABLE))
         self.pub_markers = create(MarkerArray, "~/markers", 10)
         self.pub_pose = create(PoseWithCovarianceStamped, "~/pose", 10)
         # Relative, so a namespaced AMCL (robot1/initialpose) hears it; remappable.
         self.pub_initialpose = create(PoseWithCovarianceStamped, "initialpose", 10)
-        self._outputs = [self.pub_matches, self.pub_debug, self.pub_keyframes, self.pub_markers,
+        self._outputs = [self.pub_matches, self.pub_debug, self.pub_keyframes, self.pub_keyframes_added, self.pub_markers,
                          self.pub_pose, self.pub_initialpose]
 
     def _destroy_publishers(self) -> None:

@@ -82,7 +82,7 @@ class MappingModeMixin:
                                                                      id(self.relocalizer.keyframes[-1]))
         self.mapping_added += 1
         self.state = "ready"
-        self._publish_keyframes()
+        self._keyframes_added([keyframe])
         self.mapping_last = f"added '{keyframe.name}' (index {index})"
         message = f"mapping: added keyframe '{keyframe.name}' (index {index}); stored: {', '.join(stored)}"
         self.get_logger().info(message + (f"; missing: {'; '.join(missing)}" if missing else ""))

@@ -137,6 +137,10 @@ class MatchNode(InputsMixin, WorkerMixin, OutputsMixin, DiagnosticsMixin, Servic
                           clock=Clock(clock_type=ClockType.STEADY_TIME),
                           callback_group=MutuallyExclusiveCallbackGroup())
 
+        # The whole ~/keyframes after additions, at most every keyframes_period (outputs.py).
+        self.create_timer(0.25, self._flush_keyframes, clock=Clock(clock_type=ClockType.STEADY_TIME),
+                          callback_group=MutuallyExclusiveCallbackGroup())
+
         self._worker = threading.Thread(target=self._run_worker, name="roma_worker", daemon=True)
         self._worker.start()
 

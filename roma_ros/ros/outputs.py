@@ -111,9 +111,33 @@ class OutputsMixin:
                             max_lines=int(self.values["debug.max_lines"]), text=summary, line_order=order)
 
     def _publish_keyframes(self) -> None:
-        """Index-aligned keyframe poses; an empty array when no keyframe has a pose, so a
-        reload that drops all poses also clears what late subscribers receive."""
+        """The whole map: index-aligned keyframe poses; an empty array when no keyframe has a
+        pose, so a reload that drops all poses also clears what late subscribers receive.
+        On load, reload and activation; after additions at most every ``keyframes_period``
+        (``_keyframes_added``): at 10^5 keyframes one such message costs seconds."""
         keyframes = self.relocalizer.keyframes if self.relocalizer else []
         poses = [k.pose for k in keyframes] if any(k.pose is not None for k in keyframes) else []
         header = Header(frame_id=self.values["frame_id"], stamp=self.get_clock().now().to_msg())
+        self._keyframes_state = (time.monotonic(), False)  # (last published, additions since)
         self.pub_keyframes.publish(poses_to_pose_array(header, poses))
+
+    def _keyframes_added(self, added: list) -> None:
+        """After an addition: the new keyframes' poses at once on ``~/keyframes_added`` (in order;
+        they are the last of ~/keyframes' order; identity for one without a pose), and the whole
+        array when ``keyframes_period`` has passed, else later by ``_flush_keyframes``."""
+        if not added:
+            return
+        header = Header(frame_id=self.values["frame_id"], stamp=self.get_clock().now().to_msg())
+        self.pub_keyframes_added.publish(poses_to_pose_array(header, [k.pose for k in added]))
+        last, _ = getattr(self, "_keyframes_state", (0.0, False))
+        self._keyframes_state = (last, True)
+        self._flush_keyframes()
+
+    def _flush_keyframes(self) -> None:
+        """The whole array once ``keyframes_period`` has passed since the last one, when keyframes
+        were added since (a timer calls this; cheap otherwise). Not while inactive: activation
+        publishes it whole anyway."""
+        last, pending = getattr(self, "_keyframes_state", (0.0, False))
+        period = float(self.values["keyframes_period"])
+        if pending and period > 0 and time.monotonic() - last >= period and self._outputs and self._active:
+            self._publish_keyframes()

@@ -281,6 +281,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("debug.publish_image", True, "publish ~/debug_image (only drawn when someone subscribes)", live=True),
     ParamSpec("stale_timeout", 5.0, "/diagnostics warns when no image arrived for this many seconds while "
               "active; 0 = off", live=True, minimum=0.0, maximum=3600.0),
+    ParamSpec("keyframes_period", 5.0, "after keyframe additions the whole ~/keyframes PoseArray is "
+              "republished at most this often (s); the added poses go out at once on ~/keyframes_added. "
+              "Load and reload always publish it whole; 0 = only then",
+              live=True, minimum=0.0, maximum=3600.0),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (wall clock)",
               minimum=0.01, maximum=60.0),
     ParamSpec("max_image_pixels", 4096 * 2160, "query frames with more pixels (width x height) are rejected as "

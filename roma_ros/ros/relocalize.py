@@ -58,7 +58,8 @@ class RelocalizeMixin:
 
     def _has_listeners(self) -> bool:
         """Anyone subscribed to an output that the matching feeds (AMCL subscribes initialpose)."""
-        return any(p.get_subscription_count() > 0 for p in self._outputs if p is not self.pub_keyframes)
+        return any(p.get_subscription_count() > 0 for p in self._outputs
+                   if p is not self.pub_keyframes and p is not self.pub_keyframes_added)
 
     # ----- ~/relocalize ------------------------------------------------------------------------
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:

@@ -41,7 +41,7 @@ class ServicesMixin:
                 return response
             index = self.relocalizer.add_keyframe(keyframe)
             self.state = self._ready_state()
-            self._publish_keyframes()
+            self._keyframes_added([keyframe])
             response.success = True
             response.message = f"added keyframe '{keyframe.name}' (index {index}) as {self.store.directory / keyframe.image_file}"
             if keyframe.depth is not None:

@@ -16,6 +16,7 @@ from roma_ros.ros.health import Outcome
 from roma_ros.matching.registry import build_matcher
 from roma_ros.localize.pipeline import Relocalizer
 from roma_ros.store.cache import cache_for
+from roma_ros.store.persisted import PersistedDescriptors
 
 
 class WorkerMixin:
@@ -106,7 +107,7 @@ class WorkerMixin:
             for keyframe in change.added:
                 self.relocalizer.add_keyframe(keyframe)
             if change.added:
-                self._publish_keyframes()
+                self._keyframes_added(change.added)
                 self.state = "ready"
                 self.get_logger().info(f"{len(change.added)} keyframes added by another process")
         except Exception as exc:  # a store problem must not cost the query
@@ -129,7 +130,7 @@ class WorkerMixin:
             self.get_logger().warning(printable(warning, MESSAGE_LIMIT))
         assert self.relocalizer is not None
         cache = cache_for(self.relocalizer.matcher, self.store.directory)
-        self.relocalizer.set_keyframes(keyframes, cache)
+        self.relocalizer.set_keyframes(keyframes, cache, PersistedDescriptors(self.store))
         for warning in self.relocalizer.skipped:
             self.get_logger().warning(warning)
         keyframes = self.relocalizer.keyframes

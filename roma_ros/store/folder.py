@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -327,6 +328,7 @@ class KeyframeStore:
         self._index_unreadable = False
         self._db: KeyframeIndex | None = None
         self._shapes: dict[str, tuple[int, int]] = {}  # lazy load: image sizes from the headers
+        self._intrinsics: dict[str, dict[str, Any]] = {}  # during a load: equal intrinsics shared
         self._lock = threading.RLock()
         # What the caller holds, for ``poll``: committed entries, largest seq, edit counter,
         # data_version at the last look, and the seqs of our own adds since.
@@ -499,24 +501,32 @@ class KeyframeStore:
             self.notes += db.recover()
             self._sync_yaml(db)
             version = db.data_version()
-            rows = db.rows()
             count, top = db.summary()
             edits = db.meta("edits")
             with db.read() as conn:
                 busy = db.named_files(conn)
-            entries: list[Any] = [row.entry for row in rows]
+            entries: Iterable[Any] = db.iter_entries()
         except (IndexUnusable, sqlite3.Error, OSError) as exc:
             db = None
             self.warnings.append(f"keyframe index not usable ({exc}); reading {INDEX_FILE} directly, changes "
                                  "cannot be saved")
             entries = self._entries_from_yaml()
         keyframes: list[Keyframe] = []
-        for number, entry in enumerate(entries):
-            keyframe = self._keyframe(entry, f"{self.index_path} entry {number}")
-            if keyframe is not None:
-                keyframes.append(keyframe)
+        named: set[str] = set()
+        self._intrinsics = {}
+        try:
+            for number, entry in enumerate(entries):  # one parsed entry at a time (index.iter_entries)
+                named |= indexed_files([entry])
+                keyframe = self._keyframe(entry, f"{self.index_path} entry {number}")
+                if keyframe is not None:
+                    keyframes.append(keyframe)
+        finally:  # an exception mid-way must not leave the index's read transaction open
+            self._intrinsics = {}
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()
         adopted = []
-        for path in self.unindexed_images(indexed_files(entries) | busy):
+        for path in self.unindexed_images(named | busy):
             try:
                 adopted.append(Keyframe(name=path.stem, image_file=path.name, image=self._read_image(path),
                                         source=self.directory if self.lazy else None))
@@ -619,7 +629,10 @@ class KeyframeStore:
         (with a warning naming the file), not its place in the store."""
         name = f"keyframe '{_short(keyframe.name)}'"
         try:
-            keyframe.intrinsics = parse_intrinsics(entry.get("intrinsics"), where)
+            intrinsics = parse_intrinsics(entry.get("intrinsics"), where)
+            # One camera's keyframes share one dict (read-only by convention): ~300 B a keyframe.
+            shared = None if intrinsics is None else repr(sorted(intrinsics.items()))
+            keyframe.intrinsics = intrinsics if shared is None else self._intrinsics.setdefault(shared, intrinsics)
         except ValueError as exc:
             self.warnings.append(f"{name} has no intrinsics: {exc}")
         keyframe.extra.update({k: entry[k] for k in ("depth", "depth_scale") if k in entry})

@@ -37,8 +37,20 @@ from pathlib import Path
 from typing import Any
 
 DB_FILE = "keyframes.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another's transaction
+
+# Version 2: the keyframes' global descriptors (float16, little-endian) per descriptor key (what
+# they depend on: model, resolution, weights, and for the classical matcher the vocabulary's
+# hash), so that a start or reload reads them instead of preparing every keyframe. ``stamp``
+# is the image file's size and mtime when the descriptor was computed: an edited image is
+# described again. The classical matcher's vocabulary, learnt from the map, is kept too.
+DESCRIPTOR_TABLES = (
+    "CREATE TABLE IF NOT EXISTS descriptors (key TEXT NOT NULL, image TEXT NOT NULL, stamp TEXT NOT NULL, "
+    "data BLOB NOT NULL, PRIMARY KEY (key, image))",
+    "CREATE TABLE IF NOT EXISTS vocabularies (key TEXT PRIMARY KEY, keyframes INTEGER NOT NULL, "
+    "data BLOB NOT NULL)",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,10 +70,15 @@ CREATE INDEX IF NOT EXISTS keyframes_name ON keyframes (name);
 CREATE INDEX IF NOT EXISTS keyframes_image ON keyframes (image);
 CREATE TABLE IF NOT EXISTS pending_deletes (path TEXT PRIMARY KEY);
 CREATE VIRTUAL TABLE IF NOT EXISTS positions USING rtree (id, x0, x1, y0, y1, z0, z1);
-"""
+""" + "".join(f"{statement};\n" for statement in DESCRIPTOR_TABLES)
 
 # MIGRATIONS[v](connection) turns a version-v index into version v+1 (inside the open's transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+def _add_descriptor_tables(db: sqlite3.Connection) -> None:
+    for statement in DESCRIPTOR_TABLES:
+        db.execute(statement)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_descriptor_tables}
 
 
 class IndexUnusable(ValueError):
@@ -231,6 +248,14 @@ class KeyframeIndex:
                 "SELECT id, seq, entry FROM keyframes WHERE state='ok' AND seq > ? ORDER BY seq", (after_seq,))
             return [Row(i, s, json.loads(e)) for i, s, e in cursor]
 
+    def iter_entries(self) -> Iterator[Any]:
+        """Committed entries in load order, parsed one at a time: a 10^5-row load then never
+        holds every row's parsed JSON at once (those transients, interleaved with the kept
+        keyframes, would stay in the process's memory as fragmentation)."""
+        with self.read() as db:
+            for (entry,) in db.execute("SELECT entry FROM keyframes WHERE state='ok' ORDER BY seq"):
+                yield json.loads(entry)
+
     def summary(self, db: sqlite3.Connection | None = None) -> tuple[int, int]:
         """(committed entries, largest seq)."""
         with self._lock:
@@ -314,6 +339,31 @@ class KeyframeIndex:
             db.execute("DELETE FROM keyframes WHERE id=?", (row_id,))
             db.execute("DELETE FROM positions WHERE id=?", (row_id,))
         db.executemany("INSERT OR IGNORE INTO pending_deletes VALUES (?)", [(f,) for f in files])
+        db.executemany("DELETE FROM descriptors WHERE image=?", [(f,) for f in files])
+
+    # --- global descriptors (schema 2) --------------------------------------------------------
+    def descriptors(self, key: str) -> Iterator[tuple[str, str, bytes]]:
+        """(image, stamp, float16 bytes) of every descriptor stored under ``key``: one query,
+        streamed, so a 10^5-keyframe map never holds all rows as Python objects at once."""
+        with self.read() as db:
+            yield from db.execute("SELECT image, stamp, data FROM descriptors WHERE key=?", (key,))
+
+    def save_descriptors(self, key: str, rows: list[tuple[str, str, bytes]]) -> None:
+        """Store (image, stamp, float16 bytes) rows under ``key``, one transaction."""
+        if rows:
+            with self.write() as db:
+                db.executemany("INSERT OR REPLACE INTO descriptors VALUES (?, ?, ?, ?)",
+                               [(key, image, stamp, data) for image, stamp, data in rows])
+
+    def vocabulary(self, key: str) -> tuple[int, bytes] | None:
+        """(keyframes it was learnt from, float32 bytes) of the vocabulary stored under ``key``."""
+        with self._lock:
+            row = self._conn.execute("SELECT keyframes, data FROM vocabularies WHERE key=?", (key,)).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def save_vocabulary(self, key: str, keyframes: int, data: bytes) -> None:
+        with self.write() as db:
+            db.execute("INSERT OR REPLACE INTO vocabularies VALUES (?, ?, ?)", (key, int(keyframes), data))
 
     def work_off_deletes(self) -> list[Path]:
         """Step 2 of a removal (and of recovery): delete the listed files no row names, under
