@@ -10,7 +10,9 @@ import pytest
 
 from roma_ros.demo.synthetic_scene import relocalization_set
 from roma_ros.localize.pipeline import DecisionConfig, Relocalizer, shortlist
-from roma_ros.localize.prior import Consensus, planar_distance, within_radius, yaw, yaw_difference_deg
+from roma_ros.localize.prior import (
+    Consensus, planar_distance, planar_positions, within_radius, yaw, yaw_difference_deg,
+)
 from roma_ros.matching.base import MatcherConfig
 from roma_ros.matching.registry import build_matcher
 from roma_ros.store import Keyframe
@@ -34,7 +36,7 @@ def test_within_radius_keeps_keyframes_without_a_pose():
     keyframes = [Keyframe("near", "near.png", image, pose=((1.0, 0.0, 1.2), IDENTITY)),
                  Keyframe("far", "far.png", image, pose=((20.0, 0.0, 1.2), IDENTITY)),
                  Keyframe("unposed", "unposed.png", image)]
-    mask = within_radius(keyframes, ((0.0, 0.0, 0.0), IDENTITY), 2.0)
+    mask = within_radius(planar_positions(keyframes), ((0.0, 0.0, 0.0), IDENTITY), 2.0)
     assert mask.tolist() == [True, False, True]
 
 
@@ -94,7 +96,7 @@ def test_eligible_mask_excludes_a_look_alike(look_alike):
     free = relocalizer.process(query.rgb, query.camera)
     assert free.accepted and keyframes[free.best.index].name == "look_alike"  # the trap is real
     estimate = (tuple(query.pose[0]), IDENTITY)
-    prior = relocalizer.process(query.rgb, query.camera, eligible=lambda kfs: within_radius(kfs, estimate, 5.0))
+    prior = relocalizer.process(query.rgb, query.camera, eligible=lambda xy: within_radius(xy, estimate, 5.0))
     assert prior.accepted and keyframes[prior.best.index].name == keyframes[1].name
     assert 0 not in [c.index for c in prior.candidates]
     nothing = relocalizer.process(query.rgb, query.camera, eligible=np.zeros(len(keyframes), bool))

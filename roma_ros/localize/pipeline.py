@@ -20,6 +20,7 @@ import numpy as np
 from roma_ros.localize.descriptors import DescriptorIndex, exact_top
 from roma_ros.localize.features import FeatureLRU
 from roma_ros.localize.geometry import Verification, check_ransac_config, verify_fundamental_subset
+from roma_ros.localize.prior import planar_positions
 from roma_ros.matching.base import Matcher, Matches
 from roma_ros.core.transforms import pose_to_matrix
 from roma_ros.localize.pose import (
@@ -100,8 +101,9 @@ def shortlist(descriptors: np.ndarray | DescriptorIndex | None, query: np.ndarra
     return [i for i, _ in kept], [s for _, s in kept]
 
 
-# A prior on the keyframes: a mask over them, or a function of the keyframe list giving one.
-Eligible = Sequence[bool] | np.ndarray | Callable[[list[Keyframe]], Sequence[bool]]
+# A prior on the keyframes: a mask over them, or a function giving one from their x-y positions
+# ((N, 2), NaN without a pose: prior.planar_positions), which the Relocalizer keeps up to date.
+Eligible = Sequence[bool] | np.ndarray | Callable[[np.ndarray], Sequence[bool]]
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Relocalizer:
             raise ValueError(f"feature_memory_mb={feature_memory_mb} must be >= 0 (0 = no bound)")
         self.feature_budget = int(feature_memory_mb * 2**20)
         self.keyframes: list[Keyframe] = []
+        self._positions = planar_positions([])  # aligned with keyframes, for the prior
         self.features = FeatureLRU(self.feature_budget)
         self.cache: FeatureCache | None = None
         self.persisted: PersistedDescriptors | None = None  # the store's descriptor table, if any
@@ -255,8 +258,10 @@ class Relocalizer:
             del vectors, stored
             if persisted is not None and key is not None and new:
                 persisted.save(key, new)
+        positions = planar_positions(kept)
         with self._lock:  # the swap: queries from here on use the new set
             self.keyframes, self.features, self._descriptors = kept, features, descriptors
+            self._positions = positions
             self.skipped = skipped + (persisted.warnings if persisted is not None else [])
 
     def add_keyframe(self, keyframe: Keyframe) -> int:
@@ -284,6 +289,7 @@ class Relocalizer:
         with self._lock:
             index = len(self.keyframes)
             self.features.put(index, prepared)
+            self._positions = np.vstack([self._positions, planar_positions([keyframe])])
             if refit is not None and len(refit) == index + 1:
                 self.keyframes.append(keyframe)
                 self._descriptors = refit
@@ -312,16 +318,17 @@ class Relocalizer:
         """Match ``query`` (RGB) against the keyframes; ``query_camera`` (its intrinsics) enables
         the metric pose against an accepted keyframe with depth and intrinsics. ``eligible`` (a
         prior, e.g. "near the robot's estimate"): a boolean mask over the keyframes, or a callable
-        that makes one from the keyframe list; only those keyframes are shortlisted and verified."""
+        that makes one from their x-y positions (see Eligible); only those keyframes are
+        shortlisted and verified."""
         with self._lock:
             keyframes, features, decision = list(self.keyframes), self.features, self.decision
-            descriptors, pose_config = self._descriptors, self.pose_config
+            descriptors, pose_config, positions = self._descriptors, self.pose_config, self._positions
         timings: dict[str, float] = {}
         if not keyframes:
             return QueryResult([], None, False, "no keyframes loaded", timings)
         allowed = None
         if eligible is not None:
-            allowed = np.asarray(eligible(keyframes) if callable(eligible) else eligible, bool)
+            allowed = np.asarray(eligible(positions) if callable(eligible) else eligible, bool)
             if allowed.shape != (len(keyframes),):
                 raise ValueError(f"eligible mask has shape {allowed.shape}, expected ({len(keyframes)},)")
             if not allowed.any():

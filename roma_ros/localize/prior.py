@@ -34,10 +34,26 @@ def yaw_difference_deg(a: Pose, b: Pose) -> float:
     return abs(math.degrees(math.atan2(math.sin(d), math.cos(d))))
 
 
-def within_radius(keyframes: Sequence[Keyframe], estimate: Pose, radius: float) -> np.ndarray:
-    """Mask of the keyframes the prior allows: posed ones within ``radius`` (x-y) of
-    ``estimate``, and every keyframe without a pose (nothing says it is elsewhere)."""
-    return np.array([k.pose is None or planar_distance(k.pose, estimate) <= radius for k in keyframes], bool)
+def planar_positions(keyframes: Sequence[Keyframe]) -> np.ndarray:
+    """(N, 2) x-y positions of the keyframes, NaN for those without a pose: what ``within_radius``
+    searches. The Relocalizer keeps this array beside its keyframes (built on a load, grown on an
+    add), so a query's prior costs one vectorized distance, not a pass over the keyframe objects."""
+    xy = np.full((len(keyframes), 2), np.nan)
+    for i, keyframe in enumerate(keyframes):
+        if keyframe.pose is not None:
+            xy[i] = keyframe.pose[0][:2]
+    return xy
+
+
+def within_radius(positions: np.ndarray, estimate: Pose, radius: float) -> np.ndarray:
+    """Mask of the keyframes the prior allows, from their ``planar_positions``: posed ones within
+    ``radius`` (x-y) of ``estimate``, and every keyframe without a pose (nothing says it is
+    elsewhere)."""
+    xy = np.asarray(positions, np.float64).reshape(-1, 2)
+    unposed = np.isnan(xy[:, 0])
+    with np.errstate(invalid="ignore"):
+        near = np.hypot(xy[:, 0] - estimate[0][0], xy[:, 1] - estimate[0][1]) <= radius
+    return unposed | near
 
 
 @dataclass

@@ -164,8 +164,8 @@ class RelocalizeMixin:
             return None
         pose, source = estimate
 
-        def eligible(keyframes):
-            mask = within_radius(keyframes, pose, radius)
+        def eligible(positions):
+            mask = within_radius(positions, pose, radius)
             self.prior_status = f"{int(mask.sum())} of {len(mask)} keyframes within {radius:g} m of {source}"
             return mask
 
