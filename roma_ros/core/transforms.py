@@ -60,3 +60,9 @@ def pose_to_matrix(pose: Pose) -> np.ndarray:
 def matrix_to_pose(T: np.ndarray) -> Pose:
     t = np.asarray(T, dtype=np.float64)[:3, 3]
     return (float(t[0]), float(t[1]), float(t[2])), quaternion_from_matrix(np.asarray(T)[:3, :3])
+
+
+def pose_errors(pose: Pose, truth: Pose) -> tuple[float, float]:
+    """(position error in m, rotation error in degrees) of ``pose`` against ``truth``."""
+    T, G = pose_to_matrix(pose), pose_to_matrix(truth)
+    return float(np.linalg.norm(T[:3, 3] - G[:3, 3])), rotation_angle_deg(T[:3, :3], G[:3, :3])

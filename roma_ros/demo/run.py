@@ -483,7 +483,7 @@ class DemoClient:
             self.wait_a_little(lambda: key in self.poses, 1.0, f"the pose of {query.name}")
         pose = self.poses.pop(key, None)
         if pose is not None and query.true_pose is not None:
-            result.position_error_m, result.rotation_error_deg = pose_errors(pose, query.true_pose)
+            result.position_error_m, result.rotation_error_deg = published_pose_errors(pose, query.true_pose)
         result.latency_ms = (received - sent) * 1000.0
         fields = pointcloud2_to_matches(cloud)
         result.inliers = int(cloud.width * cloud.height)
@@ -503,13 +503,12 @@ class DemoClient:
         self.node.destroy_node()
 
 
-def pose_errors(msg, true_pose) -> tuple[float, float]:
+def published_pose_errors(msg, true_pose) -> tuple[float, float]:
     """(position error m, rotation error deg) of a PoseWithCovarianceStamped against a pose tuple."""
-    from roma_ros.localize.pose import pose_to_matrix, rotation_angle_deg
+    from roma_ros.core.transforms import pose_errors
 
     p, o = msg.pose.pose.position, msg.pose.pose.orientation
-    found, truth = pose_to_matrix(((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))), pose_to_matrix(true_pose)
-    return float(np.linalg.norm(found[:3, 3] - truth[:3, 3])), rotation_angle_deg(found[:3, :3], truth[:3, :3])
+    return pose_errors(((p.x, p.y, p.z), (o.x, o.y, o.z, o.w)), true_pose)
 
 
 # ------------------------------------------------------------------------------ main

@@ -33,7 +33,7 @@ import numpy as np
 
 from roma_ros.core.camera import CameraModel
 from roma_ros.core.imageio import load_rgb, save_bytes
-from roma_ros.core.transforms import Pose, pose_to_matrix, rotation_angle_deg
+from roma_ros.core.transforms import Pose, pose_errors, pose_to_matrix
 from roma_ros.localize.pipeline import Relocalizer
 from roma_ros.localize.pose import map_pose
 from roma_ros.mapping.bag import BagError, PoseSource, images, scan
@@ -115,11 +115,6 @@ def folder_queries(folder: str | Path, ground_truth: str | Path, camera: CameraM
             yield Query(stamp, load_rgb(path), camera, pose, why)
 
     return len(files), generate()
-
-
-def pose_errors(pose: Pose, truth: Pose) -> tuple[float, float]:
-    T, G = pose_to_matrix(pose), pose_to_matrix(truth)
-    return float(np.linalg.norm(T[:3, 3] - G[:3, 3])), rotation_angle_deg(T[:3, :3], G[:3, :3])
 
 
 def nees(pose: Pose, covariance: np.ndarray | None, truth: Pose) -> float | None:
